@@ -1,0 +1,140 @@
+"""Capability-based backend dispatch shared by every functional op.
+
+Each op (e.g. ``ms_deform_attn``) owns an ordered list of :class:`Backend` objects. A backend
+declares what it supports (devices, dtypes, gradients, an importable module) and answers
+:meth:`Backend.not_supported_reasons` with human-readable reasons, in the spirit of xformers'
+``not_supported_reasons``. :func:`dispatch` picks the first backend with no reasons, or the one
+the caller names, and otherwise raises one error that lists why every backend refused.
+
+Optional modules (triton, xformers, mamba_ssm) are only imported when a backend is actually
+loaded, so ``import segblocks`` never imports them. Nothing here is global mutable state: the
+choice is made per call from the inputs (and the ``backend=`` argument the caller passes).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+__all__ = ["Backend", "BackendUnavailable", "dispatch", "explain", "module_available", "triton_usable"]
+
+
+class BackendUnavailable(RuntimeError):
+    """No backend (or not the requested one) can run the given inputs."""
+
+
+def module_available(name: str) -> bool:
+    """True when ``name`` can be imported (checked without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def triton_usable(device: torch.device) -> list[str]:
+    """Reasons why a Triton kernel cannot run on ``device`` (empty list: it can).
+
+    Triton runs on CUDA devices, and on CPU tensors only under ``TRITON_INTERPRET=1``
+    (the interpreter used by the test-suite).
+    """
+    reasons = []
+    if not module_available("triton"):
+        reasons.append("triton is not installed")
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        reasons.append("device=cpu needs TRITON_INTERPRET=1 (Triton compiles for CUDA only)")
+    elif device.type not in ("cpu", "cuda"):
+        reasons.append(f"device={device.type} (supported: cuda, or cpu with TRITON_INTERPRET=1)")
+    return reasons
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of an op, loaded lazily.
+
+    Args:
+        name: short name users pass as ``backend=``.
+        loader: ``"package.module:function"`` (imported on first use) or a callable.
+        devices: device types it runs on (``{"cpu", "cuda"}``).
+        dtypes: supported floating dtypes of the inputs.
+        supports_grad: False if the backend has no backward.
+        requires: importable module names it needs (e.g. ``("xformers",)``).
+        check: extra ``check(*tensors, **kwargs) -> list[str]`` for op-specific limits.
+        auto: whether automatic selection may pick it (the reference oracle sets False when a
+            faster always-available path exists, but it is still selectable by name).
+    """
+
+    name: str
+    loader: str | Callable
+    devices: frozenset[str] = frozenset({"cpu", "cuda"})
+    dtypes: frozenset[torch.dtype] = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+    supports_grad: bool = True
+    requires: tuple[str, ...] = ()
+    check: Callable[..., list[str]] | None = None
+    auto: bool = True
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def not_supported_reasons(self, tensors: Sequence[torch.Tensor], **kwargs: Any) -> list[str]:
+        reasons = [f"{m} is not installed" for m in self.requires if not module_available(m)]
+        for t in tensors:
+            if t.device.type not in self.devices:
+                reasons.append(f"device={t.device.type} (supported: {sorted(self.devices)})")
+                break
+        float_dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+        bad = float_dtypes - set(self.dtypes)
+        if bad:
+            reasons.append(f"dtype={sorted(map(str, bad))} (supported: {sorted(map(str, self.dtypes))})")
+        if not self.supports_grad and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            reasons.append("has no backward (inputs require grad)")
+        if self.check is not None and not reasons:
+            reasons.extend(self.check(*tensors, **kwargs))
+        return reasons
+
+    def load(self) -> Callable:
+        if callable(self.loader):
+            return self.loader
+        if "fn" not in self._cache:
+            module, _, attr = self.loader.partition(":")
+            self._cache["fn"] = getattr(importlib.import_module(module), attr)
+        return self._cache["fn"]
+
+
+def _select(op: str, backends: Iterable[Backend], tensors: Sequence[torch.Tensor], backend: str, kwargs: dict) -> Backend:
+    backends = list(backends)
+    names = [b.name for b in backends]
+    if backend != "auto" and backend not in names:
+        raise ValueError(f"{op}: unknown backend {backend!r}; expected 'auto' or one of {names}")
+    refusals = []
+    for b in backends:
+        if backend != "auto" and b.name != backend:
+            continue
+        if backend == "auto" and not b.auto:
+            continue
+        reasons = b.not_supported_reasons(tensors, **kwargs)
+        if not reasons:
+            return b
+        refusals.append(f"`{b.name}` is not supported because: " + "; ".join(reasons))
+    raise BackendUnavailable(f"No backend found for `{op}` with backend={backend!r}:\n  " + "\n  ".join(refusals))
+
+
+def explain(op: str, backends: Iterable[Backend], tensors: Sequence[torch.Tensor], **kwargs: Any) -> dict[str, list[str]]:
+    """Map every backend name to its refusal reasons for these inputs (empty list = usable)."""
+    return {b.name: b.not_supported_reasons(tensors, **kwargs) for b in backends}
+
+
+def dispatch(
+    op: str,
+    backends: Iterable[Backend],
+    tensors: Sequence[torch.Tensor],
+    backend: str = "auto",
+    **kwargs: Any,
+) -> Callable:
+    """Return the implementation to run for ``tensors`` (first usable backend in order).
+
+    ``kwargs`` are forwarded to the backends' ``check`` callables (op-specific limits such as a
+    maximum head dimension).
+    """
+    return _select(op, backends, tensors, backend, kwargs).load()
