@@ -1,0 +1,16 @@
+"""Block catalog, one module per paper family (see :func:`segblocks.list_blocks`)."""
+from segblocks.blocks.proscale import (
+    PROSCALE_PRESETS,
+    DeformableEncoderLayer,
+    LightPixelEmbedding,
+    ProgressiveScaleEncoder,
+    TokenRecalibration,
+)
+
+__all__ = [
+    "DeformableEncoderLayer",
+    "LightPixelEmbedding",
+    "PROSCALE_PRESETS",
+    "ProgressiveScaleEncoder",
+    "TokenRecalibration",
+]

@@ -1,0 +1,275 @@
+"""PRO-SCALE blocks: progressive token-length encoder, TRC and LPE.
+
+Aich et al., "Progressive Token Length Scaling in Transformer Encoders for Efficient Universal
+Segmentation" (ICLR 2025), §3.1 and supp. A. Notation: the paper's backbone features
+{s1, s2, s3, s4} are res2..res5 (strides 4, 8, 16, 32). The encoder works on the projected
+tokens of s2..s4 (res3..res5); s1 (res2) only feeds the pixel embedding.
+
+- :class:`ProgressiveScaleEncoder` (PRO-SCALE, Eq. 1-3): stage k runs p_k deformable layers over
+  the k coarsest levels, concatenating the next finer level's raw tokens before each new stage.
+  ``layers_per_stage=(0, 0, 6)`` is exactly Mask2Former's 6-layer encoder over all three levels,
+  so both encoders are one mechanism.
+- :class:`TokenRecalibration` (TRC, Eq. 4): ŝ_i = s_i ⊗ sigmoid(ε·φ(s2)), applied to s4 and s3.
+- :class:`LightPixelEmbedding` (LPE, §3.1.2): max-pool → GroupNorm → ReLU in place of M2F's 3×3
+  output conv on res2 (avg-pool option from supp. Table T3).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segblocks.models.mask2former.deformable import MSDeformAttn
+from segblocks.models.mask2former.position_encoding import PositionEmbeddingSine
+
+__all__ = [
+    "DeformableEncoderLayer",
+    "LightPixelEmbedding",
+    "PROSCALE_PRESETS",
+    "ProgressiveScaleEncoder",
+    "TokenRecalibration",
+]
+
+#: (p1, p2, p3) configurations of the paper's Table 1; "m2f" is the Mask2Former baseline.
+PROSCALE_PRESETS: dict[str, tuple[int, int, int]] = {
+    "1-1-1": (1, 1, 1),
+    "2-2-2": (2, 2, 2),
+    "3-3-3": (3, 3, 3),
+    "m2f": (0, 0, 6),
+}
+
+
+class TokenRecalibration(nn.Module):
+    """TRC, PRO-SCALE Eq. 4: ``ŝ_i = s_i ⊗ sigmoid(ε · φ(resize(s2, size(s_i))))``.
+
+    φ is a linear channel reduction C → 1, so the gate is one scalar per token. Because bilinear
+    resizing is linear with weights summing to one, it commutes with the affine φ: we apply φ at
+    the guide's resolution and resize the 1-channel map, which is equal to the paper's order and
+    C times cheaper.
+
+    Layout note: the authors' code views the (B, L, C) guide tokens as (B, C, H, W) with a bare
+    ``.view`` (no permute), which scrambles channels and positions. We permute to the true
+    (B, C, H, W) layout, as the paper's Fig. 4 describes.
+
+    Args:
+        dim: token channels C.
+        temperature: ε (0.1 in the paper, Table 4).
+    """
+
+    def __init__(self, *, dim: int = 256, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.proj = nn.Linear(dim, 1)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        size: tuple[int, int],
+        guide: torch.Tensor,
+        guide_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """
+        Args:
+            tokens: s_i, (B, H*W, C).
+            size: (H, W) of ``tokens``.
+            guide: s2 tokens, (B, H2*W2, C).
+            guide_size: (H2, W2) of ``guide``.
+        Returns:
+            ŝ_i, (B, H*W, C).
+        """
+        b, n, c = tokens.shape
+        h, w = size
+        h2, w2 = guide_size
+        if n != h * w or guide.shape != (b, h2 * w2, c):
+            raise ValueError(
+                f"TokenRecalibration: expected tokens (B, {h}*{w}, C) and guide (B, {h2}*{w2}, C) with equal B, C; "
+                f"got {tuple(tokens.shape)} and {tuple(guide.shape)}"
+            )
+        logit = self.proj(guide).transpose(1, 2).reshape(b, 1, h2, w2)  # B x 1 x H2 x W2
+        logit = F.interpolate(logit, size=(h, w), mode="bilinear", align_corners=False)
+        gate = torch.sigmoid(self.temperature * logit).flatten(2).transpose(1, 2)  # B x HW x 1
+        return tokens * gate
+
+
+class LightPixelEmbedding(nn.Module):
+    """LPE, PRO-SCALE §3.1.2: parameter-light per-pixel embedding.
+
+    ``pool(k=3, s=1, p=1) → GroupNorm(32) → ReLU`` replaces Mask2Former's 3×3 output conv on the
+    res2 FPN level; the lateral 1×1 conv before it is kept (authors' code). Max pooling is the
+    paper's choice; ``pool="avg"`` is the supp. Table T3 ablation.
+
+    Shapes: (B, C, H, W) → (B, C, H, W).
+    """
+
+    def __init__(self, *, channels: int = 256, kernel_size: int = 3, pool: str = "max", num_groups: int = 32) -> None:
+        super().__init__()
+        if pool not in ("max", "avg"):
+            raise ValueError(f"LightPixelEmbedding: pool must be 'max' or 'avg', got {pool!r}")
+        if kernel_size % 2 != 1:
+            raise ValueError(f"LightPixelEmbedding: kernel_size must be odd to keep the size, got {kernel_size}")
+        pool_cls = nn.MaxPool2d if pool == "max" else nn.AvgPool2d
+        kwargs = {} if pool == "max" else {"count_include_pad": False}
+        self.pool = pool_cls(kernel_size, stride=1, padding=kernel_size // 2, **kwargs)
+        self.norm = nn.GroupNorm(num_groups, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.pool(x)))
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Deformable-DETR encoder layer (post-norm): MSDeformAttn self-attention + FFN.
+
+    Shapes: src, pos (B, S, C); reference_points (B, S, L, 2) → (B, S, C).
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int = 256,
+        d_ffn: int = 1024,
+        n_levels: int = 3,
+        n_heads: int = 8,
+        n_points: int = 4,
+        dropout: float = 0.0,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.self_attn = MSDeformAttn(
+            d_model=d_model, n_levels=n_levels, n_heads=n_heads, n_points=n_points, backend=backend
+        )
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, None)
+        src = self.norm1(src + self.dropout(attn))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout(ffn))
+
+
+def _reference_points(shapes: Sequence[tuple[int, int]], batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Normalised pixel-centre reference points of every token, repeated for every level.
+
+    Returns (B, S, L, 2) as (x, y) in [0, 1]; S = Σ H_l W_l. No padding masks are used (as in
+    Mask2Former), so the valid ratios are all one.
+    """
+    points = []
+    for h, w in shapes:
+        ys, xs = torch.meshgrid(
+            (torch.arange(h, device=device, dtype=dtype) + 0.5) / h,
+            (torch.arange(w, device=device, dtype=dtype) + 0.5) / w,
+            indexing="ij",
+        )
+        points.append(torch.stack((xs, ys), -1).reshape(-1, 2))  # HW x 2
+    ref = torch.cat(points, 0)  # S x 2
+    return ref[None, :, None, :].expand(batch, -1, len(shapes), -1)  # B x S x L x 2
+
+
+class ProgressiveScaleEncoder(nn.Module):
+    """PRO-SCALE transformer encoder, Eq. 1-3 (and Mask2Former's encoder as a special case).
+
+    Levels are ordered coarse → fine (res5, res4, res3 = the paper's s4, s3, s2). Stage k
+    (k = 1..L) processes the concatenation of the previous stage's output with the raw tokens of
+    level k, using ``layers_per_stage[k-1]`` deformable layers with k levels:
+
+        P1 = C(ŝ4) → s',   P2 = C(s', ŝ3) → s'',   P3 = C(s'', s2) → s'''      (Eq. 1-3)
+
+    Each stage's layers are independent (no weight sharing, like the authors' deep copies). A
+    stage with 0 layers only concatenates, so ``(0, 0, 6)`` is Mask2Former's encoder.
+
+    Positional encoding: 2-D sine embedding of each level plus a learned level embedding
+    (Deformable DETR), added to the queries inside every layer.
+
+    Args:
+        layers_per_stage: (p1, p2, p3); one entry per level. Presets in ``PROSCALE_PRESETS``.
+        d_model: token channels C (256).
+        n_heads, n_points, d_ffn, dropout: deformable layer settings (8, 4, 1024, 0.0).
+        token_recalibration: a :class:`TokenRecalibration` applied to every level but the
+            finest, guided by the finest level's raw tokens (one shared instance, as in the
+            authors' code). ``None`` disables TRC.
+        backend: MSDeformAttn backend ("auto", "pytorch", "triton").
+    """
+
+    def __init__(
+        self,
+        *,
+        layers_per_stage: Sequence[int] = (3, 3, 3),
+        d_model: int = 256,
+        n_heads: int = 8,
+        n_points: int = 4,
+        d_ffn: int = 1024,
+        dropout: float = 0.0,
+        token_recalibration: TokenRecalibration | None = None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        layers_per_stage = tuple(int(p) for p in layers_per_stage)
+        if not layers_per_stage or min(layers_per_stage) < 0 or sum(layers_per_stage) == 0:
+            raise ValueError(f"layers_per_stage must be non-negative with at least one layer, got {layers_per_stage}")
+        self.layers_per_stage = layers_per_stage
+        self.num_levels = len(layers_per_stage)
+        self.stages = nn.ModuleList(
+            nn.ModuleList(
+                DeformableEncoderLayer(
+                    d_model=d_model, d_ffn=d_ffn, n_levels=k + 1, n_heads=n_heads,
+                    n_points=n_points, dropout=dropout, backend=backend,
+                )
+                for _ in range(p)
+            )
+            for k, p in enumerate(layers_per_stage)
+        )
+        self.level_embed = nn.Parameter(torch.empty(self.num_levels, d_model).normal_())
+        self.pos_embed = PositionEmbeddingSine(num_pos_feats=d_model // 2, normalize=True)
+        self.token_recalibration = token_recalibration
+
+    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """
+        Args:
+            features: L maps (B, C, H_l, W_l), coarse → fine.
+        Returns:
+            L encoded maps with the same shapes, coarse → fine.
+        """
+        if len(features) != self.num_levels:
+            raise ValueError(f"ProgressiveScaleEncoder: expected {self.num_levels} feature levels, got {len(features)}")
+        shapes = [tuple(f.shape[-2:]) for f in features]
+        batch = features[0].shape[0]
+        tokens = [f.flatten(2).transpose(1, 2) for f in features]  # L x (B x HW x C)
+        pos = [
+            (self.pos_embed(f).flatten(2).transpose(1, 2) + self.level_embed[lvl]).to(f.dtype)  # B x HW x C
+            for lvl, f in enumerate(features)
+        ]
+        if self.token_recalibration is not None:
+            guide, guide_size = tokens[-1], shapes[-1]
+            tokens = [self.token_recalibration(t, s, guide, guide_size) for t, s in zip(tokens[:-1], shapes[:-1])] + [guide]
+
+        src = tokens[0].new_zeros(batch, 0, tokens[0].shape[-1])  # B x 0 x C
+        for k, layers in enumerate(self.stages):
+            src = torch.cat((src, tokens[k]), 1)  # B x Σ_{l≤k} H_l W_l x C
+            if len(layers) == 0:
+                continue
+            stage_shapes = shapes[: k + 1]
+            stage_pos = torch.cat(pos[: k + 1], 1)
+            spatial_shapes = torch.as_tensor(stage_shapes, dtype=torch.long, device=src.device)  # (k+1) x 2
+            sizes = spatial_shapes.prod(1)
+            level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
+            ref = _reference_points(stage_shapes, batch, src.device, src.dtype)
+            for layer in layers:
+                src = layer(src, stage_pos, ref, spatial_shapes, level_start_index)
+
+        out, start = [], 0
+        for (h, w) in shapes:
+            out.append(src[:, start : start + h * w].transpose(1, 2).reshape(batch, -1, h, w))  # B x C x H x W
+            start += h * w
+        return out

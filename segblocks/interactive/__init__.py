@@ -1,0 +1,33 @@
+"""Interactive segmentation: click containers, click simulation, click encodings and ``M_ref``."""
+from segblocks.interactive.clicker import (
+    TRAIN_INNER_K,
+    Clicks,
+    next_click,
+    sample_initial_clicks,
+    sample_num_clicks,
+)
+from segblocks.interactive.encodings import clicks_to_points, disk_maps, longest_side_shape, scale_points
+from segblocks.interactive.ref_label import (
+    RefLabel,
+    initial_ref_label,
+    points_to_ref_label,
+    update_ref_label,
+    update_ref_label_by_prediction,
+)
+
+__all__ = [
+    "Clicks",
+    "RefLabel",
+    "TRAIN_INNER_K",
+    "clicks_to_points",
+    "disk_maps",
+    "initial_ref_label",
+    "longest_side_shape",
+    "next_click",
+    "points_to_ref_label",
+    "sample_initial_clicks",
+    "sample_num_clicks",
+    "scale_points",
+    "update_ref_label",
+    "update_ref_label_by_prediction",
+]

@@ -1,0 +1,191 @@
+"""LightningModule for Mask2Former-style universal (panoptic / semantic / instance) segmentation.
+
+Training follows Mask2Former as PRO-SCALE does (supp. A): Hungarian matching, CE (no-object weight
+0.1, class weight 2.0) + point-sampled mask BCE (5.0) and dice (5.0) with deep supervision,
+AdamW (lr 1e-4, backbone lr × 0.1, weight decay 0.05) and a step decay ×0.1 at 0.9 and 0.95 of
+the training steps. Validation logs PQ/SQ/RQ, mIoU and mask AP and prints them as a table.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from segblocks.metrics import MaskAP, PanopticQualityMetric, SemanticIoU, format_metrics_table
+from segblocks.models.mask2former.criterion import SetCriterion
+from segblocks.models.mask2former.matcher import HungarianMatcher
+from segblocks.models.mask2former.model import Mask2Former
+from segblocks.models.mask2former.transformer_decoder import MultiScaleMaskedTransformerDecoder
+
+__all__ = ["UniversalSegmentation"]
+
+_NO_DECAY = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.Embedding)
+
+
+class UniversalSegmentation(LightningModule):
+    """Mask2Former / PRO-SCALE training and evaluation.
+
+    Args:
+        backbone: image backbone returning ``res2..res5`` (e.g. ``TinyBackbone``, ``SwinTransformer``).
+        pixel_decoder: :class:`~segblocks.models.mask2former.MSDeformPixelDecoder` (its encoder picks
+            Mask2Former or PRO-SCALE).
+        num_classes: number of categories K (linked from ``data.num_classes`` by the CLI).
+        thing_classes: contiguous ids of the "thing" categories (linked from the data).
+        num_queries, dec_layers, hidden_dim, nheads, dim_feedforward: transformer decoder (100, 9,
+            256, 8, 2048 in Mask2Former).
+        class_weight, mask_weight, dice_weight, no_object_weight: loss weights (2, 5, 5, 0.1).
+        train_num_points: points sampled per mask for the matcher and the mask losses (112²).
+        object_mask_threshold, overlap_threshold: panoptic inference thresholds (0.8, 0.8).
+        lr, backbone_lr_multiplier, weight_decay: AdamW settings (1e-4, 0.1, 0.05).
+        lr_decay_at, lr_decay: step decay milestones as fractions of the total steps, and factor.
+        eval_tasks: which predictions validation/test evaluate.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        pixel_decoder: nn.Module,
+        num_classes: int,
+        thing_classes: Sequence[int],
+        num_queries: int = 100,
+        dec_layers: int = 9,
+        hidden_dim: int = 256,
+        nheads: int = 8,
+        dim_feedforward: int = 2048,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        no_object_weight: float = 0.1,
+        train_num_points: int = 12544,
+        object_mask_threshold: float = 0.8,
+        overlap_threshold: float = 0.8,
+        lr: float = 1e-4,
+        backbone_lr_multiplier: float = 0.1,
+        weight_decay: float = 0.05,
+        lr_decay_at: Sequence[float] = (0.9, 0.95),
+        lr_decay: float = 0.1,
+        eval_tasks: Sequence[str] = ("panoptic", "semantic", "instance"),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "pixel_decoder"])
+        self.thing_classes = [int(c) for c in thing_classes]
+        if any(not 0 <= c < num_classes for c in self.thing_classes):
+            raise ValueError(f"thing_classes must be contiguous ids in [0, {num_classes}), got {self.thing_classes}")
+        self.model = Mask2Former(
+            backbone=backbone,
+            pixel_decoder=pixel_decoder,
+            transformer_decoder=MultiScaleMaskedTransformerDecoder(
+                in_channels=pixel_decoder.conv_dim,
+                hidden_dim=hidden_dim,
+                num_classes=num_classes,
+                num_queries=num_queries,
+                nheads=nheads,
+                dim_feedforward=dim_feedforward,
+                dec_layers=dec_layers,
+                mask_dim=pixel_decoder.mask_dim,
+            ),
+        )
+        self.criterion = SetCriterion(
+            num_classes=num_classes,
+            matcher=HungarianMatcher(
+                cost_class=class_weight, cost_mask=mask_weight, cost_dice=dice_weight, num_points=train_num_points
+            ),
+            class_weight=class_weight,
+            mask_weight=mask_weight,
+            dice_weight=dice_weight,
+            no_object_weight=no_object_weight,
+            num_points=train_num_points,
+        )
+        self.eval_tasks = tuple(eval_tasks)
+        self.val_metrics = self._make_metrics()
+        self.test_metrics = self._make_metrics()
+
+    def _make_metrics(self) -> nn.ModuleDict:
+        k, things = self.hparams.num_classes, self.thing_classes
+        metrics = {}
+        if "panoptic" in self.eval_tasks:
+            metrics["panoptic"] = PanopticQualityMetric(num_classes=k, thing_classes=things)
+        if "semantic" in self.eval_tasks:
+            metrics["semantic"] = SemanticIoU(num_classes=k)
+        if "instance" in self.eval_tasks:
+            metrics["instance"] = MaskAP(num_classes=k, thing_classes=things)
+        return nn.ModuleDict(metrics)
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return self.model(images)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        outputs = self.model(batch["images"])
+        losses = self.criterion(outputs, batch["targets"])
+        loss = sum(losses.values())
+        bs = batch["images"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for name in ("loss_ce", "loss_mask", "loss_dice"):
+            self.log(f"train/{name}", losses[name], batch_size=bs)
+        return loss
+
+    def _predict(self, batch: dict) -> list[dict]:
+        return self.model.postprocess(
+            self.model(batch["images"]),
+            tuple(batch["images"].shape[-2:]),
+            batch["image_sizes"],
+            thing_classes=self.thing_classes,
+            tasks=self.eval_tasks,
+            object_mask_threshold=self.hparams.object_mask_threshold,
+            overlap_threshold=self.hparams.overlap_threshold,
+        )
+
+    def _evaluate(self, batch: dict, metrics: nn.ModuleDict) -> None:
+        preds = self._predict(batch)
+        targets = [
+            (t["labels"], t["masks"][:, :h, :w])
+            for t, (h, w) in zip(batch["targets"], batch["image_sizes"].tolist())
+        ]
+        for task, metric in metrics.items():
+            metric.update([p[task] for p in preds], targets)
+
+    def _log_metrics(self, metrics: nn.ModuleDict, prefix: str) -> None:
+        values = {}
+        for metric in metrics.values():
+            values.update({k: float(v) for k, v in metric.compute().items()})
+            metric.reset()
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            rank_zero_info("\n" + format_metrics_table(values, title=f"{prefix} (step {self.global_step})"))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        return self._predict(batch)
+
+    def configure_optimizers(self):
+        """AdamW with a backbone lr multiplier, no weight decay on norms/embeddings (Mask2Former)."""
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for module_name, module in self.model.named_modules():
+            for name, param in module.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                lr = self.hparams.lr * (self.hparams.backbone_lr_multiplier if module_name.startswith("backbone") else 1.0)
+                no_decay = isinstance(module, _NO_DECAY) or name in ("level_embed", "query_feat", "query_embed")
+                groups.setdefault((lr, 0.0 if no_decay else self.hparams.weight_decay), []).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], lr=self.hparams.lr
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        milestones = sorted({max(int(f * total), 1) for f in self.hparams.lr_decay_at})
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=self.hparams.lr_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,15 @@
+"""Losses for (interactive) binary segmentation: NFL, sigmoid focal, dice and FocSAM's point loss."""
+from segblocks.losses.dice import DiceLoss, dice_loss
+from segblocks.losses.focal import NormalizedFocalLoss, SigmoidFocalLoss, normalized_focal_loss, sigmoid_focal_loss
+from segblocks.losses.point import PointLoss, point_loss
+
+__all__ = [
+    "DiceLoss",
+    "NormalizedFocalLoss",
+    "PointLoss",
+    "SigmoidFocalLoss",
+    "dice_loss",
+    "normalized_focal_loss",
+    "point_loss",
+    "sigmoid_focal_loss",
+]

@@ -1,0 +1,125 @@
+"""Multi-scale deformable attention module (Deformable DETR, Zhu et al. 2021, §4.1, Eq. 3).
+
+Used as the self-attention of Mask2Former's pixel-decoder encoder. The sampling core is
+:func:`segblocks.ops.ms_deform_attn.ms_deform_attn` (Triton on CUDA, grid_sample elsewhere).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from segblocks.ops.ms_deform_attn import ms_deform_attn
+
+__all__ = ["MSDeformAttn"]
+
+
+class MSDeformAttn(nn.Module):
+    """MSDeformAttn (Eq. 3): per head ``m``, ``W_m sum_l sum_k A_mlqk W'_m x^l(p_l + dp_mlqk)``.
+
+    Offsets ``dp`` and weights ``A`` are linear functions of the query; ``A`` is a softmax over
+    the ``L * P`` samples of a head. Offsets are in pixels of each level: the location is
+    ``reference + offset / (W_l, H_l)``.
+
+    Args:
+        d_model: channels ``C``; must be divisible by ``n_heads``.
+        n_levels: feature levels ``L``.
+        n_heads: heads ``M``.
+        n_points: sampling points ``P`` per head and level.
+        backend: backend of the sampling core (``"auto"``, ``"triton"``, ``"pytorch"``).
+    """
+
+    def __init__(self, *, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4, backend: str = "auto") -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"MSDeformAttn: d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.backend = backend
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Deformable DETR's init (authors' code; the paper does not state it).
+
+        Offsets start on a ring: head ``m`` looks in direction ``2 pi m / M``, scaled so the
+        larger of ``|cos|, |sin|`` is 1, and point ``k`` (1-based) lies ``k`` pixels out; every
+        level gets the same pattern. Attention weights start uniform (zero logits).
+        """
+        nn.init.zeros_(self.sampling_offsets.weight)
+        theta = torch.arange(self.n_heads, dtype=torch.float32) * (2 * math.pi / self.n_heads)
+        direction = torch.stack((theta.cos(), theta.sin()), -1)  # M x 2
+        direction = direction / direction.abs().amax(-1, keepdim=True)
+        scale = torch.arange(1, self.n_points + 1, dtype=torch.float32)  # P
+        bias = direction[:, None, None, :] * scale[None, None, :, None]  # M x 1 x P x 2
+        bias = bias.expand(-1, self.n_levels, -1, -1)  # M x L x P x 2
+        self.sampling_offsets.bias.copy_(bias.reshape(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def _check(self, query, reference_points, value_input, spatial_shapes, padding_mask) -> None:
+        C, L = self.d_model, self.n_levels
+        if query.dim() != 3 or query.shape[-1] != C:
+            raise ValueError(f"MSDeformAttn: query must be (B, Lq, {C}), got {tuple(query.shape)}")
+        B, Lq, _ = query.shape
+        if value_input.dim() != 3 or value_input.shape[0] != B or value_input.shape[-1] != C:
+            raise ValueError(f"MSDeformAttn: value_input must be ({B}, S, {C}), got {tuple(value_input.shape)}")
+        if reference_points.shape != (B, Lq, L, 2):
+            raise ValueError(
+                f"MSDeformAttn: reference_points must be (B, Lq, L, 2) = {(B, Lq, L, 2)}, got {tuple(reference_points.shape)}"
+            )
+        if spatial_shapes.shape != (L, 2):
+            raise ValueError(f"MSDeformAttn: spatial_shapes must be ({L}, 2), got {tuple(spatial_shapes.shape)}")
+        S = value_input.shape[1]
+        total = int(spatial_shapes.prod(1).sum())
+        if S != total:
+            raise ValueError(f"MSDeformAttn: value_input has S={S} tokens but spatial_shapes {spatial_shapes.tolist()} sum to {total}")
+        if padding_mask is not None and (padding_mask.shape != (B, S) or padding_mask.dtype != torch.bool):
+            raise ValueError(
+                f"MSDeformAttn: padding_mask must be bool ({B}, {S}), got {padding_mask.dtype} {tuple(padding_mask.shape)}"
+            )
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        value_input: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attend from every query to ``L * P`` sampled points per head.
+
+        Args:
+            query: ``(B, Lq, C)`` (content + positional embedding).
+            reference_points: ``(B, Lq, L, 2)`` normalized ``(x, y)`` in ``[0, 1]`` per level.
+            value_input: ``(B, S, C)`` flattened multi-scale features, ``S = sum_l H_l W_l``.
+            spatial_shapes: ``(L, 2)`` long ``[H_l, W_l]``.
+            level_start_index: ``(L,)`` long offset of each level in ``S``.
+            padding_mask: ``(B, S)`` bool, True at padded tokens (their values are zeroed), or None.
+
+        Returns:
+            ``(B, Lq, C)``.
+        """
+        self._check(query, reference_points, value_input, spatial_shapes, padding_mask)
+        B, Lq, _ = query.shape
+        S = value_input.shape[1]
+        M, L, P = self.n_heads, self.n_levels, self.n_points
+        value = self.value_proj(value_input)  # B x S x C
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = value.view(B, S, M, self.d_model // M)  # B x S x M x D
+        offsets = self.sampling_offsets(query).view(B, Lq, M, L, P, 2)  # B x Lq x M x L x P x 2
+        weights = self.attention_weights(query).view(B, Lq, M, L * P).softmax(-1)  # B x Lq x M x LP
+        weights = weights.view(B, Lq, M, L, P)  # B x Lq x M x L x P
+        normalizer = spatial_shapes.flip(-1).to(offsets)  # L x 2 as (W, H), matching (x, y)
+        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=self.backend)  # B x Lq x C
+        return self.output_proj(out)

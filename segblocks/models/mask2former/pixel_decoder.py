@@ -1,0 +1,105 @@
+"""Mask2Former's multi-scale deformable pixel decoder with a swappable encoder and pixel embedding.
+
+Cheng et al., "Masked-attention Mask Transformer for Universal Image Segmentation" (CVPR 2022),
+§3.1/§4: res3-res5 are projected to C channels (1×1 conv + GroupNorm), encoded by a deformable
+transformer encoder, and res2 is merged FPN-style (lateral 1×1 conv + upsampled encoder res3
+output) into the per-pixel embedding, followed by a 1×1 ``mask_features`` projection.
+
+PRO-SCALE swaps two parts (its Fig. 3): the encoder (:class:`ProgressiveScaleEncoder` with
+(p1, p2, p3) stages, optionally with TRC) and the res2 3×3 output conv (→ :class:`LightPixelEmbedding`).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segblocks.blocks.proscale import LightPixelEmbedding, ProgressiveScaleEncoder
+
+__all__ = ["MSDeformPixelDecoder"]
+
+LEVELS = ("res2", "res3", "res4", "res5")
+
+
+def _conv_gn(in_ch: int, out_ch: int, kernel: int, groups: int, relu: bool) -> nn.Sequential:
+    conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False)
+    nn.init.kaiming_uniform_(conv.weight, a=1)  # detectron2's c2_xavier_fill
+    layers = [conv, nn.GroupNorm(groups, out_ch)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class MSDeformPixelDecoder(nn.Module):
+    """Pixel decoder: input projections → transformer encoder → FPN on res2 → mask features.
+
+    Args:
+        in_channels: backbone channels of res2..res5 (a list of four, or a dict keyed
+            ``res2``..``res5``, e.g. a backbone's ``out_channels``).
+        encoder: transformer encoder over the three coarsest levels (res5, res4, res3), e.g.
+            ``ProgressiveScaleEncoder(layers_per_stage=(0, 0, 6))`` for Mask2Former or
+            ``(3, 3, 3)`` for PRO-SCALE. Its ``d_model`` must equal ``conv_dim``.
+        pixel_embedding: module applied after the res2 FPN merge. ``None`` → Mask2Former's
+            3×3 conv + GroupNorm + ReLU; ``LightPixelEmbedding()`` → PRO-SCALE's LPE.
+        conv_dim: channels C of the encoder and FPN (256).
+        mask_dim: channels of the per-pixel embedding (256).
+        num_groups: GroupNorm groups (32).
+
+    Forward: dict of backbone features ``res2..res5`` (B, C_l, H/s, W/s) →
+    ``(mask_features (B, mask_dim, H/4, W/4), [res5, res4, res3] encoder maps (B, C, h, w))``.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: Sequence[int] | Mapping[str, int],
+        encoder: ProgressiveScaleEncoder,
+        pixel_embedding: nn.Module | None = None,
+        conv_dim: int = 256,
+        mask_dim: int = 256,
+        num_groups: int = 32,
+    ) -> None:
+        super().__init__()
+        if isinstance(in_channels, Mapping):
+            in_channels = [in_channels[k] for k in LEVELS]
+        if len(in_channels) != 4:
+            raise ValueError(f"MSDeformPixelDecoder: in_channels must give res2..res5 (4 values), got {in_channels}")
+        self.in_channels = [int(c) for c in in_channels]
+        if encoder.num_levels != 3:
+            raise ValueError(f"MSDeformPixelDecoder: the encoder must cover 3 levels (res5..res3), got {encoder.num_levels}")
+        # coarse → fine: res5, res4, res3
+        self.input_proj = nn.ModuleList(
+            _conv_gn(c, conv_dim, 1, num_groups, relu=False) for c in reversed(self.in_channels[1:])
+        )
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj[0].weight, gain=1)
+        self.encoder = encoder
+        self.lateral = _conv_gn(self.in_channels[0], conv_dim, 1, num_groups, relu=False)
+        self.pixel_embedding = pixel_embedding if pixel_embedding is not None else _conv_gn(
+            conv_dim, conv_dim, 3, num_groups, relu=True
+        )
+        self.mask_features = nn.Conv2d(conv_dim, mask_dim, 1)
+        nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
+        nn.init.zeros_(self.mask_features.bias)
+        self.mask_dim = mask_dim
+        self.conv_dim = conv_dim
+
+    @property
+    def uses_light_pixel_embedding(self) -> bool:
+        return isinstance(self.pixel_embedding, LightPixelEmbedding)
+
+    def forward(self, features: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        missing = [k for k in LEVELS if k not in features]
+        if missing:
+            raise ValueError(f"MSDeformPixelDecoder: backbone features must contain {LEVELS}; missing {missing}")
+        got = [features[k].shape[1] for k in LEVELS]
+        if got != self.in_channels:
+            raise ValueError(f"MSDeformPixelDecoder: expected backbone channels {self.in_channels} for {LEVELS}, got {got}")
+        coarse_to_fine = [features[k] for k in reversed(LEVELS[1:])]
+        encoded = self.encoder([proj(f) for proj, f in zip(self.input_proj, coarse_to_fine)])
+        res2 = features["res2"]
+        y = self.lateral(res2) + F.interpolate(encoded[-1], size=res2.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.pixel_embedding(y)
+        return self.mask_features(y), encoded
