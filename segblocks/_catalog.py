@@ -45,7 +45,7 @@ BLOCKS: tuple[BlockInfo, ...] = (
               "segblocks.blocks.proscale:DeformableEncoderLayer"),
     BlockInfo("MSDeformAttn", "MSDeformAttn", "ddetr",
               "Multi-scale deformable attention module (Eq. 3) over the ms_deform_attn op.",
-              "segblocks.models.mask2former.deformable:MSDeformAttn"),
+              "segblocks.layers.ms_deform_attn:MSDeformAttn"),
     BlockInfo("ms_deform_attn", "MSDA op", "ddetr",
               "Functional deformable sampling core: grid_sample reference + Triton kernel (fwd/bwd).",
               "segblocks.ops.ms_deform_attn:ms_deform_attn"),

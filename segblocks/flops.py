@@ -69,17 +69,17 @@ def encoder_gflops(
     without it this is Mask2Former's pixel decoder. Inputs are random backbone features of the
     right shapes (the count does not depend on values).
     """
-    from segblocks.blocks.proscale import LightPixelEmbedding, ProgressiveScaleEncoder, TokenRecalibration
+    from segblocks.blocks.proscale import ProgressiveScaleEncoder
     from segblocks.models.mask2former.pixel_decoder import MSDeformPixelDecoder
 
     encoder = ProgressiveScaleEncoder(
         layers_per_stage=layers_per_stage,
-        token_recalibration=TokenRecalibration() if proscale_modules else None,
+        token_recalibration=proscale_modules,
     )
     decoder = MSDeformPixelDecoder(
         in_channels=in_channels,
         encoder=encoder,
-        pixel_embedding=LightPixelEmbedding() if proscale_modules else None,
+        pixel_embedding="lpe" if proscale_modules else "conv",
     ).eval()
     h, w = image_size
     feats = {

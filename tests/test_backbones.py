@@ -114,7 +114,9 @@ def test_bad_constructor_arguments():
 
 
 @pytest.mark.parametrize(
-    "make", [TinyBackbone, lambda: small_swin(drop_path_rate=0.2), lambda: ResNet50(norm="BN")], ids=["tiny", "swin", "r50"]
+    "make",
+    [TinyBackbone, lambda: small_swin(drop_path_rate=0.2), lambda: ResNet50(norm="BN")],
+    ids=["tiny", "swin", "r50"],
 )
 def test_gradients_flow(make):
     model = make().train()
@@ -177,8 +179,8 @@ def naive_swin_block(block: SwinBlock, x: torch.Tensor) -> torch.Tensor:
                     attn_out[n, i, j, sl] = sum(wt * v[n, i2, j2, sl] for wt, (i2, j2, _) in zip(weights, keys))
     x = x + F.linear(attn_out, block.attn.proj.weight, block.attn.proj.bias)
     z = F.layer_norm(x, (c,), block.norm2.weight, block.norm2.bias, block.norm2.eps)
-    z = F.linear(F.gelu(F.linear(z, block.mlp.fc1.weight, block.mlp.fc1.bias)), block.mlp.fc2.weight, block.mlp.fc2.bias)
-    return x + z
+    z = F.gelu(F.linear(z, block.mlp.fc1.weight, block.mlp.fc1.bias))
+    return x + F.linear(z, block.mlp.fc2.weight, block.mlp.fc2.bias)
 
 
 @pytest.mark.parametrize("shift", [0, 1])
@@ -278,7 +280,8 @@ def test_frozen_bn_is_a_fixed_affine_map():
     torch.testing.assert_close(y, expected)
     y.sum().backward()
     for ch in range(c):  # dy/dx = weight / sqrt(var + eps) per channel
-        torch.testing.assert_close(x.grad[:, ch], torch.full_like(x.grad[:, ch], float(stats[0][ch] / (stats[3][ch] + 1e-3).sqrt())))
+        slope = float(stats[0][ch] / (stats[3][ch] + 1e-3).sqrt())
+        torch.testing.assert_close(x.grad[:, ch], torch.full_like(x.grad[:, ch], slope))
     assert list(bn.parameters()) == []
     for before, after in zip(stats, (bn.weight, bn.bias, bn.running_mean, bn.running_var)):
         assert torch.equal(before, after)  # train mode updates nothing
@@ -304,7 +307,11 @@ def test_resnet_freeze_at(freeze_at):
 @pytest.mark.parametrize("make", [TinyBackbone, small_swin], ids=["tiny", "swin"])
 @pytest.mark.parametrize(
     "suffix, wrap, prefix",
-    [(".pth", lambda sd: sd, ""), (".ckpt", lambda sd: {"state_dict": {f"model.backbone.{k}": v for k, v in sd.items()}, "epoch": 3}, "model.backbone."), (".pt", lambda sd: {"model": sd}, "")],
+    [
+        (".pth", lambda sd: sd, ""),
+        (".ckpt", lambda sd: {"state_dict": {f"model.bb.{k}": v for k, v in sd.items()}, "epoch": 3}, "model.bb."),
+        (".pt", lambda sd: {"model": sd}, ""),
+    ],
     ids=["plain", "lightning", "nested-model"],
 )
 def test_checkpoint_round_trip(tmp_path, caplog, make, suffix, wrap, prefix):

@@ -80,7 +80,8 @@ def test_clicks_from_lists_append_and_mask():
             expected[b, y, x] = True
     assert np.array_equal(mask.numpy(), expected)
     # nothing valid: width does not grow
-    c3 = c.append(torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.bool))
+    none = torch.zeros(3, dtype=torch.bool)
+    c3 = c.append(torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, dtype=torch.long), none)
     assert c3.labels.shape == (3, 2)
 
 
@@ -294,10 +295,10 @@ def test_sample_initial_clicks_regions_and_spacing():
     gt = np.zeros((3, H, W), dtype=bool)
     gt[0, 10:34, 12:30] = True  # area 432
     gt[1, 20:24, 20:24] = True  # area 16 < min_area -> no clicks
-    gt[2, 0:11, 0:11] = True  # 121 px at the corner: erosion radius halves to 1
-    kw = dict(max_pos=4, max_neg=3, min_spacing=6.0, erode_radius=5, ring_radii=(2, 4), box_expand=1.4, min_area=100)
+    gt[2, 0:13, 0:13] = True  # 169 px at the corner: radius 5 -> 2 (halved, not decremented to 3)
+    kw = dict(max_pos=4, max_neg=3, min_spacing=6.0, erode_radius=5, ring_radii=(2, 4), box_expand=2.0, min_area=100)
     pos_seen = [set(), set(), set()]
-    neg_count = 0
+    neg_seen = {"box": 0, "ring": 0}
     for seed in range(15):
         clicks = sample_initial_clicks(t(gt), generator=np.random.default_rng(seed), **kw)
         assert clicks.num_clicks[1] == 0
@@ -312,20 +313,22 @@ def test_sample_initial_clicks_regions_and_spacing():
                     for j in range(i):
                         assert math.dist(group[i], group[j]) >= 6.0
             pos_seen[b] |= set(pts[:n_pos])
-            neg_count += len(pts) - n_pos
             m = gt[b]
             near, far = shift_or(m, 2), shift_or(m, 4)
             ys, xs = np.nonzero(m)
-            cy, hy = (ys.min() + ys.max() + 1) / 2, 1.4 * (ys.max() + 1 - ys.min()) / 2
-            cx, hx = (xs.min() + xs.max() + 1) / 2, 1.4 * (xs.max() + 1 - xs.min()) / 2
+            cy, hy = (ys.min() + ys.max() + 1) / 2, 2.0 * (ys.max() + 1 - ys.min()) / 2
+            cx, hx = (xs.min() + xs.max() + 1) / 2, 2.0 * (xs.max() + 1 - xs.min()) / 2
             for y, x in pts[n_pos:]:
                 in_box = math.floor(cy - hy) <= y < math.ceil(cy + hy) and math.floor(cx - hx) <= x < math.ceil(cx + hx)
-                assert (in_box and not far[y, x]) or (far[y, x] and not near[y, x])
-    # sample 0: radius 5 keeps 14 x 8 = 112 >= 100 px; sample 2: radius 1 (10 x 10, border does not erode)
+                kind = "box" if in_box and not far[y, x] else "ring" if far[y, x] and not near[y, x] else None
+                assert kind is not None, (b, y, x)
+                neg_seen[kind] += 1
+    # sample 0: radius 5 keeps 14 x 8 = 112 >= 100 px; sample 2: radius 2 keeps 11 x 11 (the border does
+    # not erode) while radius 3 would keep 10 x 10 = 100
     assert all(naive_erode(gt[0], 5)[p] for p in pos_seen[0])
-    assert all(naive_erode(gt[2], 1)[p] for p in pos_seen[2])
-    assert any(not naive_erode(gt[2], 2)[p] for p in pos_seen[2])
-    assert neg_count > 0
+    assert all(naive_erode(gt[2], 2)[p] for p in pos_seen[2])
+    assert any(not naive_erode(gt[2], 3)[p] for p in pos_seen[2])
+    assert neg_seen["box"] > 0 and neg_seen["ring"] > 0
 
 
 def test_sample_initial_clicks_small_negative_regions_are_skipped():

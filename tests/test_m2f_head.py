@@ -12,13 +12,13 @@ import torch
 from segblocks.models.mask2former import criterion as criterion_module
 from segblocks.models.mask2former.criterion import SetCriterion
 from segblocks.models.mask2former.inference import instance_inference, panoptic_inference, semantic_inference
-from segblocks.models.mask2former.matcher import HungarianMatcher
+from segblocks.models.mask2former.matcher import HungarianMatcher, pairwise_dice_cost, pairwise_sigmoid_ce_cost
 from segblocks.models.mask2former.point_sampling import (
     calculate_uncertainty,
     get_uncertain_point_coords_with_randomness,
     point_sample,
 )
-from segblocks.models.mask2former.position_encoding import PositionEmbeddingSine
+from segblocks.layers.position_encoding import PositionEmbeddingSine
 from segblocks.models.mask2former.transformer_decoder import (
     MultiScaleMaskedTransformerDecoder,
     masked_attention_mask,
@@ -77,17 +77,24 @@ def brute_force_min(cost):
 
 
 # ----------------------------------------------------------------------------- positional embedding
-def test_position_embedding_matches_formula():
-    f, h, w = 4, 3, 5
-    pe = PositionEmbeddingSine(num_pos_feats=f)(torch.zeros(2, 7, h, w, dtype=torch.float64))
-    assert pe.shape == (2, 2 * f, h, w) and pe.dtype == torch.float64
+def naive_sine(h, w, f):
+    """(2f, h, w) nested lists: DETR/Mask2Former sine embedding, y channels first."""
+    out = [[[0.0] * w for _ in range(h)] for _ in range(2 * f)]
     for i in range(h):
         for j in range(w):
             for c in range(2 * f):
                 coord, size, k = ((i + 1), h, c) if c < f else ((j + 1), w, c - f)
                 angle = coord / (size + 1e-6) * 2 * math.pi / 10000 ** (2 * (k // 2) / f)
-                expected = math.sin(angle) if k % 2 == 0 else math.cos(angle)
-                assert abs(pe[1, c, i, j].item() - expected) < 1e-5
+                out[c][i][j] = math.sin(angle) if k % 2 == 0 else math.cos(angle)
+    return out
+
+
+def test_position_embedding_matches_formula():
+    f, h, w = 4, 3, 5
+    pe = PositionEmbeddingSine(num_pos_feats=f)(torch.zeros(2, 7, h, w, dtype=torch.float64))
+    assert pe.shape == (2, 2 * f, h, w) and pe.dtype == torch.float64
+    assert torch.allclose(pe[1], torch.tensor(naive_sine(h, w, f), dtype=torch.float64), atol=1e-5, rtol=0)
+    assert torch.equal(pe[0], pe[1])
 
 
 def test_position_embedding_bad_input():
@@ -145,6 +152,17 @@ def test_importance_sampling_picks_most_uncertain_candidates():
 def _random_targets(n, h, w, k):
     masks = torch.rand(n, h, w) > 0.5
     return {"labels": torch.randint(0, k, (n,)), "masks": masks}
+
+
+def test_pairwise_costs_match_naive():
+    logits = torch.randn(3, 7, dtype=torch.float64) * 3
+    targets = torch.rand(2, 7, dtype=torch.float64)  # soft targets (bilinearly sampled masks)
+    ce, dice = pairwise_sigmoid_ce_cost(logits, targets), pairwise_dice_cost(logits, targets)
+    assert ce.shape == dice.shape == (3, 2)
+    for i in range(3):
+        for j in range(2):
+            ref_ce, ref_dice = naive_mask_costs(logits[i], targets[j])
+            assert abs(ce[i, j].item() - ref_ce) < 1e-12 and abs(dice[i, j].item() - ref_dice) < 1e-12
 
 
 @pytest.mark.parametrize("num_targets", [(3, 2), (4, 1)])
@@ -229,13 +247,17 @@ def pixel_centre_points(monkeypatch):
 
 
 def _criterion_case():
+    """Predictions on a 3 x 5 grid; targets at 2x resolution. Image 1 is smaller (2 x 4 at the
+    prediction scale), so its masks are zero-padded bottom/right to the batch size."""
     k, q, h, w = 3, 4, 3, 5
     logits = torch.randn(2, q, k + 1, dtype=torch.float64, requires_grad=True)
     masks = torch.randn(2, q, h, w, dtype=torch.float64, requires_grad=True)
-    low_targets = [torch.rand(2, h, w) > 0.5, torch.rand(1, h, w) > 0.5]
+    low_targets = [torch.rand(2, h, w) > 0.5, torch.zeros(1, h, w, dtype=torch.bool)]
+    low_targets[1][:, :2, :4] = torch.rand(1, 2, 4) > 0.5
+    small = low_targets[1][:, :2, :4]
     targets = [
         {"labels": torch.tensor([2, 0]), "masks": low_targets[0].repeat_interleave(2, 1).repeat_interleave(2, 2)},
-        {"labels": torch.tensor([1]), "masks": low_targets[1].repeat_interleave(2, 1).repeat_interleave(2, 2)},
+        {"labels": torch.tensor([1]), "masks": small.repeat_interleave(2, 1).repeat_interleave(2, 2)},
     ]
     indices = [([3, 1], [0, 1]), ([2], [0])]
     return k, logits, masks, low_targets, targets, indices
@@ -370,6 +392,109 @@ def test_masked_attention_mask_rule(factor):
     assert torch.equal(got, naive_attention_mask(logits, factor, heads))
 
 
+def naive_layer_norm(x, ln):
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+
+def naive_mha(mha, query, key, value, blocked=None):
+    """Multi-head attention for one image with loops over heads/queries; query (Lq, C)."""
+    c, heads = query.shape[-1], mha.num_heads
+    d = c // heads
+    wq, wk, wv = mha.in_proj_weight.chunk(3)
+    bq, bk, bv = mha.in_proj_bias.chunk(3)
+    q, k, v = query @ wq.T + bq, key @ wk.T + bk, value @ wv.T + bv
+    out = torch.zeros(query.shape[0], c, dtype=query.dtype)
+    for h in range(heads):
+        sl = slice(h * d, (h + 1) * d)
+        for i in range(query.shape[0]):
+            allowed = [j for j in range(key.shape[0]) if blocked is None or not blocked[i][j]]
+            scores = {j: float(q[i, sl] @ k[j, sl]) / math.sqrt(d) for j in allowed}
+            top = max(scores.values())
+            e = {j: math.exp(sc - top) for j, sc in scores.items()}
+            z = sum(e.values())
+            out[i, sl] = sum(e[j] / z * v[j, sl] for j in allowed)
+    return out @ mha.out_proj.weight.T + mha.out_proj.bias
+
+
+def naive_decoder(dec, feats, mask_features, pre_norm):
+    """Per-image Mask2Former decoder written out step by step (Eq. 3 masking, §3.2.4 order)."""
+    results = []
+    f = dec.query_feat.shape[1] // 2
+    for b in range(mask_features.shape[0]):
+        memories, positions, sizes = [], [], []
+        for lvl, x in enumerate(feats):
+            c_in, h, w = x.shape[1:]
+            proj = dec.input_proj[lvl]
+            tokens = x[b].reshape(c_in, h * w).T  # hw x C_in
+            memories.append(tokens @ proj.weight[:, :, 0, 0].T + proj.bias + dec.level_embed[lvl])
+            positions.append(torch.tensor(naive_sine(h, w, f), dtype=x.dtype).reshape(2 * f, h * w).T)
+            sizes.append((h, w))
+        mf = mask_features[b]
+
+        def predict(tgt, size):
+            x = naive_layer_norm(tgt, dec.decoder_norm)
+            logits = x @ dec.class_embed.weight.T + dec.class_embed.bias
+            emb = x
+            for i, lin in enumerate(dec.mask_embed.layers):
+                emb = emb @ lin.weight.T + lin.bias
+                emb = emb if i == len(dec.mask_embed.layers) - 1 else emb.clamp(min=0)
+            masks = torch.einsum("qc,chw->qhw", emb, mf)
+            oh, ow = size
+            blocked = []
+            for q in range(masks.shape[0]):
+                row = [sigmoid(naive_bilinear(masks[q].detach(), (j + 0.5) / ow, (i + 0.5) / oh)) < 0.5
+                       for i in range(oh) for j in range(ow)]
+                blocked.append([False] * len(row) if all(row) else row)
+            return logits, masks, blocked
+
+        def sublayer(tgt, norm, fn):
+            if pre_norm:
+                return tgt + fn(naive_layer_norm(tgt, norm))
+            return naive_layer_norm(tgt + fn(tgt), norm)
+
+        tgt, qpos = dec.query_feat, dec.query_embed
+        logits, masks, blocked = predict(tgt, sizes[0])
+        outs, all_blocked = [(logits, masks)], [blocked]
+        for i in range(len(dec.cross_layers)):
+            lvl = i % len(feats)
+            mem, pos = memories[lvl], positions[lvl]
+            cross, selfl, ffn = dec.cross_layers[i], dec.self_layers[i], dec.ffn_layers[i]
+            tgt = sublayer(tgt, cross.norm, lambda t: naive_mha(cross.attn, t + qpos, mem + pos, mem, blocked))
+            tgt = sublayer(tgt, selfl.norm, lambda t: naive_mha(selfl.attn, t + qpos, t + qpos, t))
+            tgt = sublayer(
+                tgt, ffn.norm,
+                lambda t: (t @ ffn.linear1.weight.T + ffn.linear1.bias).clamp(min=0) @ ffn.linear2.weight.T
+                + ffn.linear2.bias,
+            )
+            logits, masks, blocked = predict(tgt, sizes[(i + 1) % len(feats)])
+            outs.append((logits, masks))
+            all_blocked.append(blocked)
+        results.append((outs, all_blocked))
+    return results
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_decoder_matches_naive_implementation(pre_norm):
+    dec = MultiScaleMaskedTransformerDecoder(
+        in_channels=5, hidden_dim=8, num_classes=3, num_queries=3, nheads=2, dim_feedforward=6,
+        dec_layers=3, pre_norm=pre_norm, mask_dim=4, num_feature_levels=2,
+    ).double()
+    feats = [torch.randn(2, 5, 2, 3, dtype=torch.float64), torch.randn(2, 5, 3, 4, dtype=torch.float64)]
+    mask_features = torch.randn(2, 4, 4, 6, dtype=torch.float64)
+    out = dec(feats, mask_features)
+    got = [(a["pred_logits"], a["pred_masks"]) for a in out["aux_outputs"]] + [(out["pred_logits"], out["pred_masks"])]
+    with torch.no_grad():
+        ref = naive_decoder(dec, feats, mask_features, pre_norm)
+    for b, (outs, blocked) in enumerate(ref):
+        flat = [v for rows in blocked for row in rows for v in row]
+        assert any(flat) and not all(flat)  # the masking is actually exercised
+        for (logits, masks), (ref_logits, ref_masks) in zip(got, outs):
+            assert torch.allclose(logits[b], ref_logits, atol=1e-10)
+            assert torch.allclose(masks[b], ref_masks, atol=1e-10)
+
+
 def _tiny_decoder(**kw):
     args = dict(in_channels=12, hidden_dim=16, num_classes=5, num_queries=6, nheads=2,
                 dim_feedforward=24, dec_layers=5, mask_dim=8, num_feature_levels=3)
@@ -487,7 +612,8 @@ def test_panoptic_inference_hand_made():
     regions = torch.zeros(7, 6, 6, dtype=torch.bool)
     regions[0, :, :3] = True  # q0: thing 0, left half but pixel (5, 0)
     regions[0, 5, 0] = False
-    regions[1, :3, 3:] = True  # q1: thing 1, top right
+    regions[1, :3, 3:] = True  # q1: thing 1, top right but pixel (0, 5), which nobody claims
+    regions[1, 0, 5] = False
     regions[2, 3:, 3:5] = True  # q2: stuff 2
     regions[3, 3:, 5] = True  # q3: stuff 2 again -> merged into q2's segment
     regions[4, :5, :3] = True  # q4: weaker thing 0 hidden under q0 but for pixel (5, 0):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from segblocks.models.mask2former.deformable import MSDeformAttn
+from segblocks.layers.ms_deform_attn import MSDeformAttn
 from segblocks.ops._dispatch import BackendUnavailable
 from segblocks.ops.ms_deform_attn import MS_DEFORM_ATTN_BACKENDS, explain_ms_deform_attn, ms_deform_attn
 

@@ -152,8 +152,8 @@ def test_encoder_layer_counts_and_levels():
 
 def test_encoder_trc_applied_to_coarse_levels_only():
     c = 32
-    trc = TokenRecalibration(dim=c)
-    enc = ProgressiveScaleEncoder(layers_per_stage=(1, 0, 0), d_model=c, n_heads=4, token_recalibration=trc)
+    enc = ProgressiveScaleEncoder(layers_per_stage=(1, 0, 0), d_model=c, n_heads=4, token_recalibration=True)
+    trc = enc.token_recalibration
     feats = [torch.randn(1, c, 2, 2), torch.randn(1, c, 4, 4), torch.randn(1, c, 8, 8)]
     out = enc(feats)
     # levels untouched by any layer: level 1 is only recalibrated, level 2 (the guide) passes through
@@ -165,7 +165,7 @@ def test_encoder_trc_applied_to_coarse_levels_only():
 
 def test_encoder_gradients_and_batch_independence():
     c = 32
-    enc = ProgressiveScaleEncoder(layers_per_stage=(1, 1, 1), d_model=c, n_heads=4, token_recalibration=TokenRecalibration(dim=c))
+    enc = ProgressiveScaleEncoder(layers_per_stage=(1, 1, 1), d_model=c, n_heads=4, token_recalibration=True)
     feats = [torch.randn(2, c, h, w, requires_grad=True) for h, w in [(2, 3), (3, 5), (5, 9)]]
     out = enc(feats)
     sum(o.sum() for o in out).backward()
@@ -186,12 +186,16 @@ def test_deformable_layer_shapes():
 
 def test_pixel_decoder_shapes_and_lpe():
     enc = ProgressiveScaleEncoder(layers_per_stage=(1, 1, 1), d_model=32, n_heads=4)
-    dec = MSDeformPixelDecoder(in_channels=[8, 16, 24, 40], encoder=enc, pixel_embedding=LightPixelEmbedding(channels=32), conv_dim=32, mask_dim=16)
+    dec = MSDeformPixelDecoder(in_channels=[8, 16, 24, 40], encoder=enc, pixel_embedding="lpe", conv_dim=32, mask_dim=16)
     feats = {"res2": torch.randn(2, 8, 13, 17), "res3": torch.randn(2, 16, 7, 9), "res4": torch.randn(2, 24, 4, 5), "res5": torch.randn(2, 40, 2, 3)}
     mask_features, ms = dec(feats)
     assert mask_features.shape == (2, 16, 13, 17)
     assert [tuple(m.shape) for m in ms] == [(2, 32, 2, 3), (2, 32, 4, 5), (2, 32, 7, 9)]
     assert dec.uses_light_pixel_embedding
+    with pytest.raises(ValueError, match="pixel_embedding"):
+        MSDeformPixelDecoder(in_channels=[8, 16, 24, 40], encoder=enc, pixel_embedding="deconv", conv_dim=32)
+    with pytest.raises(ValueError, match="d_model"):
+        MSDeformPixelDecoder(in_channels=[8, 16, 24, 40], encoder=enc, conv_dim=64)
     with pytest.raises(ValueError, match="backbone channels"):
         dec({**feats, "res2": torch.randn(2, 9, 13, 17)})
     with pytest.raises(ValueError, match="missing"):
@@ -201,7 +205,7 @@ def test_pixel_decoder_shapes_and_lpe():
 def test_pixel_decoder_lpe_equals_manual_pipeline():
     """With LPE, the per-pixel embedding is mask_proj(LPE(lateral(res2) + up(encoded res3)))."""
     enc = ProgressiveScaleEncoder(layers_per_stage=(0, 0, 1), d_model=32, n_heads=4)
-    dec = MSDeformPixelDecoder(in_channels=[8, 16, 24, 40], encoder=enc, pixel_embedding=LightPixelEmbedding(channels=32), conv_dim=32, mask_dim=16).eval()
+    dec = MSDeformPixelDecoder(in_channels=[8, 16, 24, 40], encoder=enc, pixel_embedding="lpe", conv_dim=32, mask_dim=16).eval()
     feats = {"res2": torch.randn(1, 8, 16, 16), "res3": torch.randn(1, 16, 8, 8), "res4": torch.randn(1, 24, 4, 4), "res5": torch.randn(1, 40, 2, 2)}
     mask_features, ms = dec(feats)
     y = dec.lateral(feats["res2"]) + F.interpolate(ms[-1], size=(16, 16), mode="bilinear", align_corners=False)

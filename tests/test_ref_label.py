@@ -23,7 +23,8 @@ def naive_points_to_ref(sample, H, W, inner, outer):
     out = np.full((H, W), UNK, dtype=np.int64)
     for i in range(H):
         for j in range(W):
-            d = {lab: min((math.hypot(i - y, j - x) for y, x, l in sample if l == lab), default=math.inf) for lab in (0, 1)}
+            d = {lab: min((math.hypot(i - y, j - x) for y, x, l in sample if l == lab), default=math.inf)
+                 for lab in (0, 1)}
             po, no = d[1] <= inner + outer, d[0] <= inner + outer
             if po and not no:
                 out[i, j] = PFG

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segblocks.models.mask2former.deformable import MSDeformAttn
-from segblocks.models.mask2former.position_encoding import PositionEmbeddingSine
+from segblocks.layers.ms_deform_attn import MSDeformAttn
+from segblocks.layers.position_encoding import PositionEmbeddingSine
 
 __all__ = [
     "DeformableEncoderLayer",
@@ -196,9 +196,9 @@ class ProgressiveScaleEncoder(nn.Module):
         layers_per_stage: (p1, p2, p3); one entry per level. Presets in ``PROSCALE_PRESETS``.
         d_model: token channels C (256).
         n_heads, n_points, d_ffn, dropout: deformable layer settings (8, 4, 1024, 0.0).
-        token_recalibration: a :class:`TokenRecalibration` applied to every level but the
-            finest, guided by the finest level's raw tokens (one shared instance, as in the
-            authors' code). ``None`` disables TRC.
+        token_recalibration: apply a :class:`TokenRecalibration` to every level but the finest,
+            guided by the finest level's raw tokens (one shared instance, as in the authors' code).
+        trc_temperature: TRC's ε (0.1).
         backend: MSDeformAttn backend ("auto", "pytorch", "triton").
     """
 
@@ -211,7 +211,8 @@ class ProgressiveScaleEncoder(nn.Module):
         n_points: int = 4,
         d_ffn: int = 1024,
         dropout: float = 0.0,
-        token_recalibration: TokenRecalibration | None = None,
+        token_recalibration: bool = False,
+        trc_temperature: float = 0.1,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -232,7 +233,8 @@ class ProgressiveScaleEncoder(nn.Module):
         )
         self.level_embed = nn.Parameter(torch.empty(self.num_levels, d_model).normal_())
         self.pos_embed = PositionEmbeddingSine(num_pos_feats=d_model // 2, normalize=True)
-        self.token_recalibration = token_recalibration
+        self.token_recalibration = TokenRecalibration(dim=d_model, temperature=trc_temperature) if token_recalibration else None
+        self.d_model = d_model
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """

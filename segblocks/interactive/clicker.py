@@ -1,6 +1,6 @@
 """Click containers and click simulation for interactive segmentation.
 
-The papers (FocSAM §4.1, HRSAM App. D.4, Inter2Former §4.1) only say that test clicks go "to the
+The papers (FocSAM §4.1, HRSAM App. D.4, Inter2Former §4.2) only say that test clicks go "to the
 centres of erroneously predicted regions, with the binary label determined by the maximum
 distance to the boundaries of the false negative and false positive regions", and that training
 uses "InterFormer's click simulation". The exact rules below follow the authors' shared
@@ -195,7 +195,7 @@ def next_click(
             allowed &= ~extra.cpu().numpy()
     regions = np.concatenate([g & ~p & allowed, p & ~g & allowed])  # 2B x H x W (FN then FP)
     dist = _edt_with_border(regions)  # 2B x H x W
-    dmax = dist.reshape(2 * B, -1).max(axis=1, initial=0.0)  # 2B
+    dmax = dist.reshape(2 * B, -1).max(axis=1, initial=0.0)  # 2B x HW -> 2B
     fn_max, fp_max = dmax[:B], dmax[B:]
     positive = fn_max > fp_max
     valid = np.maximum(fn_max, fp_max) > 0
@@ -372,7 +372,7 @@ def _edt_with_border(regions: np.ndarray) -> np.ndarray:
     if not padded.any():
         return np.zeros((N, H, W))
     dist = distance_transform_edt(padded.reshape(N * (H + 2), W + 2))  # N(H+2) x (W+2)
-    return dist.reshape(N, H + 2, W + 2)[:, 1:-1, 1:-1]
+    return dist.reshape(N, H + 2, W + 2)[:, 1:-1, 1:-1]  # N x H x W
 
 
 def _as_numpy_rng(generator: Generator) -> np.random.Generator:

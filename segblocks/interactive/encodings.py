@@ -21,7 +21,7 @@ def disk_maps(
     """Binary disks around the clicks, one channel per polarity.
 
     Pixel ``(i, j)`` is 1 in channel 0 (positive) / 1 (negative) when some click ``(y, x)`` of
-    that polarity has ``(i - y)**2 + (j - x)**2 < radius**2``. Padding clicks draw nothing;
+    that polarity has ``(i - y)**2 + (j - x)**2 <= radius**2``. Padding clicks draw nothing;
     clicks outside the map draw the part of their disk inside it.
 
     Args:
@@ -38,14 +38,14 @@ def disk_maps(
         raise ValueError(f"height and width must be >= 0; got {height}x{width}")
     B, N = clicks.labels.shape
     device = clicks.coords.device
-    rows = torch.arange(height, device=device).view(1, height, 1)
-    cols = torch.arange(width, device=device).view(1, 1, width)
+    rows = torch.arange(height, device=device).view(1, height, 1)  # 1 x H x 1
+    cols = torch.arange(width, device=device).view(1, 1, width)  # 1 x 1 x W
     maps = torch.zeros(B, 2, height, width, dtype=torch.bool, device=device)
     for n in range(N):  # one (B, H, W) distance map at a time keeps memory at O(B H W)
-        y = clicks.coords[:, n, 0].view(B, 1, 1)
-        x = clicks.coords[:, n, 1].view(B, 1, 1)
-        inside = (rows - y) ** 2 + (cols - x) ** 2 < radius**2  # B x H x W
-        label = clicks.labels[:, n].view(B, 1, 1)
+        y = clicks.coords[:, n, 0].view(B, 1, 1)  # B x 1 x 1
+        x = clicks.coords[:, n, 1].view(B, 1, 1)  # B x 1 x 1
+        inside = (rows - y) ** 2 + (cols - x) ** 2 <= radius**2  # B x H x W
+        label = clicks.labels[:, n].view(B, 1, 1)  # B x 1 x 1
         maps[:, 0] |= inside & (label == 1)
         maps[:, 1] |= inside & (label == 0)
     return maps.to(dtype)

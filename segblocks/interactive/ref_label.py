@@ -1,4 +1,4 @@
-"""Reference label map ``M_ref`` of InterFormer / Inter2Former (Inter2Former §3.2, DPE).
+"""Reference label map ``M_ref`` of InterFormer / Inter2Former (Inter2Former §3.3, DPE).
 
 ``M_ref`` keeps, per pixel, what the clicks and the previous predictions say about it, in five
 states (:class:`RefLabel`). The paper describes the states; the exact transition rules below
@@ -75,7 +75,7 @@ def points_to_ref_label(
     out[outer[:, 0] & outer[:, 1]] = RefLabel.UNKNOWN
     out[inner[:, 0]] = RefLabel.DEFINITE_FG
     out[inner[:, 1]] = RefLabel.DEFINITE_BG
-    positive_last = (_first_index(clicks.labels, 1) > _first_index(clicks.labels, 0)).view(B, 1, 1)
+    positive_last = (_first_index(clicks.labels, 1) > _first_index(clicks.labels, 0)).view(B, 1, 1)  # B x 1 x 1
     out[inner[:, 0] & inner[:, 1] & positive_last] = RefLabel.DEFINITE_FG
     return out
 

@@ -72,29 +72,24 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     m = window_size
     coords = torch.stack(torch.meshgrid(torch.arange(m), torch.arange(m), indexing="ij")).flatten(1)  # 2 x M²
     rel = coords[:, :, None] - coords[:, None, :]  # 2 x M² x M² (query − key)
-    return (rel[1] + m - 1) * (2 * m - 1) + (rel[0] + m - 1)
+    return (rel[0] + m - 1) * (2 * m - 1) + (rel[1] + m - 1)
 
 
 def shifted_window_mask(hp: int, wp: int, window_size: int, shift: int, device=None) -> torch.Tensor:
     """Which tokens may attend to each other inside the windows of a cyclically shifted map (§3.2).
 
-    After rolling the padded (Hp, Wp) map by −shift, the last window row/column mixes tokens that were
-    not adjacent in the image. Label each shifted position by the band it came from along each axis,
-    ``[0, n−M)``, ``[n−M, n−shift)`` or ``[n−shift, n)``; attention is allowed only within one label.
+    Rolling the padded (Hp, Wp) map by −shift moves the first ``shift`` rows/columns to the end, so
+    the last window row/column mixes tokens that were not adjacent in the image. Attention is allowed
+    only between tokens with the same wrapped-around status along both axes (the sub-windows of the
+    paper's Fig. 4).
 
     Returns:
         (nW, M², M²) bool, True where the query (dim 1) may attend to the key (dim 2).
     """
-    m = window_size
-
-    def bands(n: int) -> torch.Tensor:
-        label = torch.zeros(n, dtype=torch.long, device=device)
-        label[n - m : n - shift] = 1
-        label[n - shift :] = 2
-        return label
-
-    labels = bands(hp)[:, None] * 3 + bands(wp)[None, :]  # Hp x Wp
-    windows = window_partition(labels[None, :, :, None], m)[0, :, :, 0]  # nW x M²
+    wrapped_rows = torch.arange(hp, device=device) >= hp - shift  # Hp
+    wrapped_cols = torch.arange(wp, device=device) >= wp - shift  # Wp
+    labels = wrapped_rows[:, None].long() * 2 + wrapped_cols[None, :].long()  # Hp x Wp
+    windows = window_partition(labels[None, :, :, None], window_size)[0, :, :, 0]  # nW x M²
     return windows[:, :, None] == windows[:, None, :]  # nW x M² x M²
 
 
@@ -250,7 +245,7 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))  # B x 2h x 2w x C
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)  # B x h x w x 4C
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)  # B x h x w x 4C
         return self.reduction(self.norm(x))
 
 

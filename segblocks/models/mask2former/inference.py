@@ -135,7 +135,7 @@ def instance_inference(
     probs = mask_cls.softmax(-1)[:, :-1].flatten()  # (Q·K), query-major
     top_scores, top = probs.topk(min(test_topk_per_image, probs.numel()))
     labels, query = top % num_classes, torch.div(top, num_classes, rounding_mode="floor")
-    if False:
+    if thing_classes is not None:
         ids = torch.as_tensor(sorted(int(c) for c in thing_classes), dtype=labels.dtype, device=labels.device)
         keep = torch.isin(labels, ids)
         top_scores, labels, query = top_scores[keep], labels[keep], query[keep]

@@ -10,7 +10,7 @@ PRO-SCALE swaps two parts (its Fig. 3): the encoder (:class:`ProgressiveScaleEnc
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +40,10 @@ class MSDeformPixelDecoder(nn.Module):
             ``res2``..``res5``, e.g. a backbone's ``out_channels``).
         encoder: transformer encoder over the three coarsest levels (res5, res4, res3), e.g.
             ``ProgressiveScaleEncoder(layers_per_stage=(0, 0, 6))`` for Mask2Former or
-            ``(3, 3, 3)`` for PRO-SCALE. Its ``d_model`` must equal ``conv_dim``.
-        pixel_embedding: module applied after the res2 FPN merge. ``None`` → Mask2Former's
-            3×3 conv + GroupNorm + ReLU; ``LightPixelEmbedding()`` → PRO-SCALE's LPE.
+            ``(3, 3, 3)`` (with ``token_recalibration=True``) for PRO-SCALE. Its ``d_model`` must equal ``conv_dim``.
+        pixel_embedding: what follows the res2 FPN merge: ``"conv"`` → Mask2Former's 3×3 conv +
+            GroupNorm + ReLU; ``"lpe"`` → PRO-SCALE's :class:`LightPixelEmbedding` (max pool);
+            ``"lpe_avg"`` → LPE with average pooling (supp. Table T3).
         conv_dim: channels C of the encoder and FPN (256).
         mask_dim: channels of the per-pixel embedding (256).
         num_groups: GroupNorm groups (32).
@@ -56,7 +57,7 @@ class MSDeformPixelDecoder(nn.Module):
         *,
         in_channels: Sequence[int] | Mapping[str, int],
         encoder: ProgressiveScaleEncoder,
-        pixel_embedding: nn.Module | None = None,
+        pixel_embedding: Literal["conv", "lpe", "lpe_avg"] = "conv",
         conv_dim: int = 256,
         mask_dim: int = 256,
         num_groups: int = 32,
@@ -67,6 +68,8 @@ class MSDeformPixelDecoder(nn.Module):
         if len(in_channels) != 4:
             raise ValueError(f"MSDeformPixelDecoder: in_channels must give res2..res5 (4 values), got {in_channels}")
         self.in_channels = [int(c) for c in in_channels]
+        if getattr(encoder, "d_model", conv_dim) != conv_dim:
+            raise ValueError(f"MSDeformPixelDecoder: encoder d_model={encoder.d_model} must equal conv_dim={conv_dim}")
         if encoder.num_levels != 3:
             raise ValueError(f"MSDeformPixelDecoder: the encoder must cover 3 levels (res5..res3), got {encoder.num_levels}")
         # coarse → fine: res5, res4, res3
@@ -77,9 +80,13 @@ class MSDeformPixelDecoder(nn.Module):
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
         self.encoder = encoder
         self.lateral = _conv_gn(self.in_channels[0], conv_dim, 1, num_groups, relu=False)
-        self.pixel_embedding = pixel_embedding if pixel_embedding is not None else _conv_gn(
-            conv_dim, conv_dim, 3, num_groups, relu=True
-        )
+        if pixel_embedding == "conv":
+            self.pixel_embedding = _conv_gn(conv_dim, conv_dim, 3, num_groups, relu=True)
+        elif pixel_embedding in ("lpe", "lpe_avg"):
+            pool = "max" if pixel_embedding == "lpe" else "avg"
+            self.pixel_embedding = LightPixelEmbedding(channels=conv_dim, pool=pool, num_groups=num_groups)
+        else:
+            raise ValueError(f"pixel_embedding must be 'conv', 'lpe' or 'lpe_avg', got {pixel_embedding!r}")
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, 1)
         nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
         nn.init.zeros_(self.mask_features.bias)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segblocks.models.mask2former.position_encoding import PositionEmbeddingSine
+from segblocks.layers.position_encoding import PositionEmbeddingSine
 
 __all__ = ["MultiScaleMaskedTransformerDecoder", "masked_attention_mask"]
 

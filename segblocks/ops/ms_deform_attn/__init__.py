@@ -5,7 +5,7 @@ Detection", ICLR 2021), Eq. 2 (single scale) and Eq. 3 (multi-scale): every quer
 ``P`` sampled points per level and head, at ``reference + offset``, with softmax weights over
 the ``L * P`` samples of a head. This module implements the inner sum of Eq. 3,
 ``sum_l sum_k A_mlqk * x^l(p_mlqk)``, on already projected per-head values; the projections
-live in :class:`segblocks.models.mask2former.deformable.MSDeformAttn`.
+live in :class:`segblocks.layers.ms_deform_attn.MSDeformAttn`.
 
 Backends, tried in order by ``backend="auto"``:
 
