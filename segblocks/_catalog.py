@@ -17,6 +17,7 @@ PAPERS = {
     "inter2former": "Inter2Former: dynamic prompt embedding and hybrid attention (seed 004)",
     "m2f": "Mask2Former, Cheng et al., CVPR 2022 (baseline PRO-SCALE builds on)",
     "ddetr": "Deformable DETR, Zhu et al., ICLR 2021",
+    "ritm": "RITM, Sofiiuk et al., ICIP 2022 (normalized focal loss used by every interactive paper)",
 }
 
 
@@ -61,6 +62,12 @@ BLOCKS: tuple[BlockInfo, ...] = (
     BlockInfo("SetCriterion", "—", "m2f",
               "CE + point-sampled mask BCE/dice with deep supervision.",
               "segblocks.models.mask2former.criterion:SetCriterion"),
+    BlockInfo("NormalizedFocalLoss", "NFL", "ritm",
+              "Focal loss rescaled by a detached normaliser; 1- or 2-channel logits, ignore index 255.",
+              "segblocks.losses.focal:NormalizedFocalLoss"),
+    BlockInfo("PointLoss", "PTL", "focsam",
+              "Squared error of sigmoid(logit) at click positions vs click labels (FocSAM Eq. 10).",
+              "segblocks.losses.point:PointLoss"),
     BlockInfo("Mask2Former", "M2F", "m2f",
               "Backbone + pixel decoder + transformer decoder, panoptic/semantic/instance inference.",
               "segblocks.models.mask2former.model:Mask2Former"),

@@ -320,7 +320,10 @@ def test_criterion_deep_supervision_keys_and_gradients():
         "pred_masks": torch.randn(2, q, 5, 7, requires_grad=True),
     }
     aux = [
-        {"pred_logits": torch.randn(2, q, k + 1, requires_grad=True), "pred_masks": torch.randn(2, q, 5, 7, requires_grad=True)}
+        {
+            "pred_logits": torch.randn(2, q, k + 1, requires_grad=True),
+            "pred_masks": torch.randn(2, q, 5, 7, requires_grad=True),
+        }
         for _ in range(3)
     ]
     outputs["aux_outputs"] = aux
@@ -387,9 +390,10 @@ def test_masked_attention_mask_rule(factor):
     logits = torch.randn(2, 3, 4, 6) * 3
     logits[1, 2] = -5.0  # empty prediction -> row fully unmasked
     logits[0, 1] = 5.0
-    got = masked_attention_mask(logits, (4 // factor, 6 // factor), heads := 2)
+    logits.requires_grad_(True)
+    got = masked_attention_mask(logits, (4 // factor, 6 // factor), 2)
     assert got.dtype == torch.bool and not got.requires_grad
-    assert torch.equal(got, naive_attention_mask(logits, factor, heads))
+    assert torch.equal(got, naive_attention_mask(logits.detach(), factor, 2))
 
 
 def naive_layer_norm(x, ln):

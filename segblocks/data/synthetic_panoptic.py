@@ -19,7 +19,7 @@ id    name      thing  how it is drawn
 ====  ========  =====  ==========================================================
 
 Each scene: the sky sits above a wavy horizon and grass below it (10% of scenes are all sky,
-10% all grass); half of the scenes have a wall block standing on the horizon. A grey noise patch
+10% all grass); half of the scenes with a horizon have a wall block standing on it. A grey noise patch
 labelled void (id 0) appears in a quarter of the scenes. Then 1-6 things are painted in order,
 later ones occluding earlier ones; their size is log-uniform between 4% and 30% of the image
 side (poles: half-length 20-45%), centres are uniform so things may be cut by the border. Each
@@ -147,14 +147,18 @@ def _render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.
 
     # Stuff: sky over a wavy horizon, grass under it, sometimes a wall standing on the horizon.
     layout = rng.random()
-    horizon = size * rng.uniform(0.25, 0.7) + size * rng.uniform(0, 0.08) * np.sin(2 * np.pi * xx / (size * rng.uniform(0.5, 2)) + rng.uniform(0, 2 * np.pi))
+    level, amplitude, period, phase = rng.uniform(0.25, 0.7), rng.uniform(0, 0.08), rng.uniform(0.5, 2), rng.uniform(0, 2 * np.pi)
+    horizon = size * (level + amplitude * np.sin(2 * np.pi * xx / (size * period) + phase))  # S x S, constant along y
     below = np.ones_like(xx, dtype=bool) if layout < 0.1 else np.zeros_like(xx, dtype=bool) if layout < 0.2 else yy >= horizon
     cat[:] = np.where(below, _GRASS, _SKY)
     if layout >= 0.2 and rng.random() < 0.5:
         x0 = rng.uniform(0, 0.8) * size
         top = horizon.min() - size * rng.uniform(0.1, 0.35)
         cat[(xx >= x0) & (xx < x0 + size * rng.uniform(0.2, 0.5)) & (yy >= top) & ~below] = _WALL
-    jitter = lambda c, a: colors[c] + rng.uniform(-a, a, 3)  # noqa: E731
+
+    def jitter(category: int, amount: float) -> np.ndarray:
+        return colors[category] + rng.uniform(-amount, amount, 3)
+
     sky = jitter(_SKY, 15) + (yy / size * 30 - 15 + 12 * np.sin(2 * np.pi * yy / rng.uniform(5, 10) + rng.uniform(0, 2 * np.pi)))[..., None]
     coarse = np.kron(rng.normal(0, 18, (size // 8 + 1, size // 8 + 1, 3)), np.ones((8, 8, 1)))[:size, :size]
     grass = jitter(_GRASS, 15) + coarse + rng.normal(0, 12, (size, size, 3))

@@ -85,7 +85,7 @@ class PanopticTrainTransform(_ComposedTransform):
         self,
         *,
         crop_size: int,
-        scale_range: tuple[float, float] = (0.5, 2.0),
+        scale_range: tuple[float, float] = (0.75, 1.5),
         hflip_prob: float = 0.5,
         image_interpolation: str = "linear",
     ) -> None:

@@ -67,7 +67,7 @@ class PanopticDataModule(LightningDataModule):
         val_json: str = "annotations/panoptic_val2017.json",
         categories_file: str | None = None,
         crop_size: int = 128,
-        scale_range: tuple[float, float] = (0.5, 2.0),
+        scale_range: tuple[float, float] = (0.75, 1.5),
         eval_size: int | None = None,
         eval_max_size: int | None = None,
         batch_size: int = 8,

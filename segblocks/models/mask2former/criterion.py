@@ -187,8 +187,7 @@ class SetCriterion(nn.Module):
         for t in targets:
             masks = t["masks"]
             if masks.shape[-2:] != (h, w):
-                masks = F.pad(masks.to(torch.uint8) if masks.dtype == torch.bool else masks,
-                              (0, w - masks.shape[-1], 0, h - masks.shape[-2]))
+                masks = F.pad(masks, (0, w - masks.shape[-1], 0, h - masks.shape[-2]))
             padded.append({**t, "masks": masks})
         return padded
 

@@ -1,7 +1,7 @@
 """Mask2Former transformer decoder with masked attention (Cheng et al., CVPR 2022, §3.2).
 
 Each layer refines the ``N`` query features by (§3.2.4 order) masked cross-attention to one
-feature level, self-attention among queries, and an FFN. Masked attention (Eq. 2-4) lets a query
+feature level, self-attention among queries, and an FFN. Masked attention (Eq. 2-3) lets a query
 attend only to pixels where the mask predicted *before* this layer is foreground
 (``sigmoid >= 0.5``), the prediction being resized to the level's resolution. Layers visit the
 levels round robin, low to high resolution (§3.2.2). Mask predictions are
