@@ -19,6 +19,7 @@ def _tiny_args(tmp_path: Path) -> list[str]:
     return [
         f"--trainer.default_root_dir={tmp_path}",
         "--trainer.max_steps=2",
+        "--trainer.log_every_n_steps=1",
         "--trainer.limit_val_batches=1",
         "--trainer.check_val_every_n_epoch=1",
         "--trainer.enable_progress_bar=false",
@@ -34,12 +35,17 @@ def _tiny_args(tmp_path: Path) -> list[str]:
     ]
 
 
-def _run(args: list[str], tmp_path: Path, script: str = "segblocks") -> subprocess.CompletedProcess:
+BIN = Path(sys.executable).parent
+COMMANDS = {
+    "lightning": [str(BIN / "lightning")],  # the console scripts pip installed
+    "segblocks": [str(BIN / "segblocks")],
+    "module": [sys.executable, "-m", "segblocks"],
+}
+
+
+def _run(args: list[str], command: str = "segblocks") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, "-c", f"import sys; from segblocks.lightning.cli import {script}; sys.argv[0] = 'x'; {script}()", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-    )
+    proc = subprocess.run(COMMANDS[command] + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -54,18 +60,18 @@ def _csv_metrics(tmp_path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_fit_then_validate(recipe, tmp_path):
-    _run(["fit", "-c", f"recipes/{recipe}", *_tiny_args(tmp_path)], tmp_path, script="lightning_main")
+    _run(["fit", "-c", f"recipes/{recipe}", *_tiny_args(tmp_path)], "lightning")
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     assert ckpt.is_file()
     rows = _csv_metrics(tmp_path)
     assert any(r.get("train/loss") for r in rows), rows
     assert any(r.get("val/PQ") for r in rows), rows
-    out = _run(["validate", "-c", f"recipes/{recipe}", *_tiny_args(tmp_path), f"--ckpt_path={ckpt}"], tmp_path)
+    out = _run(["validate", "-c", f"recipes/{recipe}", *_tiny_args(tmp_path), f"--ckpt_path={ckpt}"])
     assert "PQ" in out.stdout + out.stderr
 
 
 def test_print_config_composes_coco_recipe(tmp_path):
-    out = _run(["fit", "-c", "recipes/pro_scale.yaml", "-c", "recipes/coco_panoptic.yaml", "--data.root=/data/coco", "--print_config"], tmp_path)
+    out = _run(["fit", "-c", "recipes/pro_scale.yaml", "-c", "recipes/coco_panoptic.yaml", "--data.root=/data/coco", "--print_config"])
     assert "root: /data/coco" in out.stdout
     assert "batch_size: 16" in out.stdout and "layers_per_stage" in out.stdout
 
@@ -74,7 +80,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     _run(
         ["fit", "-c", "recipes/pro_scale.yaml", *_tiny_args(tmp_path),
          "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"],
-        tmp_path,
+        "module",
     )
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
 
@@ -93,5 +99,6 @@ def test_lightning_script_forwards_other_subcommands(monkeypatch, capsys):
             return lambda: called.setdefault("argv", list(sys.argv))
 
     monkeypatch.setattr(cli, "_lightning_sdk_entry", lambda: _Entry())
-    cli.lightning_main(["studio", "list"])
+    with pytest.raises(SystemExit):
+        cli.lightning_main(["studio", "list"])
     assert called["argv"][1:] == ["studio", "list"]

@@ -42,9 +42,12 @@ class SegblocksCLI(LightningCLI):
         parser.link_arguments("data.thing_classes", "model.init_args.thing_classes", apply_on="instantiate")
 
 
-def main(args: list[str] | None = None):
-    """``segblocks fit|validate|test|predict -c recipe.yaml [--overrides]``."""
-    return SegblocksCLI(
+def main(args: list[str] | None = None) -> None:
+    """``segblocks fit|validate|test|predict -c recipe.yaml [--overrides]``.
+
+    Returns None: console-script wrappers pass the return value to ``sys.exit``.
+    """
+    SegblocksCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -66,12 +69,13 @@ def _lightning_sdk_entry():
     return None
 
 
-def lightning_main(argv: list[str] | None = None):
+def lightning_main(argv: list[str] | None = None) -> None:
     """The ``lightning`` console script (see module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     first = argv[0] if argv else None
     if first is None or first in RUN_SUBCOMMANDS or first in ("-h", "--help", "--version"):
-        return main(argv)
+        main(argv)
+        return
     entry = _lightning_sdk_entry()
     if entry is None:
         sys.stderr.write(
@@ -81,4 +85,4 @@ def lightning_main(argv: list[str] | None = None):
         )
         raise SystemExit(2)
     sys.argv = [sys.argv[0], *argv]
-    return entry.load()()
+    sys.exit(entry.load()())

@@ -1,0 +1,280 @@
+"""Varlen block-diagonal attention (HRSAM §3.2 Fig. 3 and §3.4) with backend dispatch.
+
+Queries and keys/values are *packed*: ``q`` is ``(Nq, H, D)`` = the segments ``Q^1, ..., Q^N``
+concatenated along the token axis, ``k``/``v`` likewise ``(Nkv, H, D)``. Segment ``i``'s
+queries attend only to segment ``i``'s keys, i.e. attention with a block-diagonal mask whose
+blocks may be rectangular (``|Q^i| != |K^i|``, the "extended FLA" of §3.4). This is xformers'
+``BlockDiagonalMask.from_seqlens(q_seqlens, kv_seqlens)`` with its ``[1, M, H, K]`` (BMHK)
+layout and ``B = 1`` squeezed away. Query segments may be empty (they produce no rows); a
+non-empty query segment needs a non-empty key segment.
+
+Backends, tried in this order by ``backend="auto"``:
+
+=========  =====================================================  ===========================
+name       where                                                  dtypes
+=========  =====================================================  ===========================
+xformers   CUDA with xformers installed (the authors' kernel)     fp32, fp16, bf16
+triton     CUDA; CPU only under ``TRITON_INTERPRET=1`` and only   fp32, fp16 (+ bf16 on CUDA)
+           when named; ``D <= 128``
+flex       FlexAttention + document ``BlockMask``; CUDA, and CPU  all floating
+           only when named and without gradients (no CPU backward)
+sdpa       dense boolean block-diagonal mask +                    all floating
+           ``F.scaled_dot_product_attention``: the CPU path,
+           ``O(Nq * Nkv)`` mask memory
+reference  a Python loop over segments (the oracle); only by name  all floating
+=========  =====================================================  ===========================
+
+Why this order: xformers' tuned kernels first where present (as in the authors' code), then
+the Triton kernel (flash-attention style, fused, memory ``O(N)``), then FlexAttention (fused
+only under ``torch.compile``; eager it materialises the scores), then the dense mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from segblocks.ops._dispatch import Backend, dispatch, explain, triton_usable
+
+__all__ = ["SeqLens", "VARLEN_ATTENTION_BACKENDS", "explain_varlen_attention", "varlen_attention"]
+
+_TRITON_MAX_HEAD_DIM = 128
+
+
+def _lengths(name: str, seqlens: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(seqlens, torch.Tensor):
+        seqlens = seqlens.tolist()
+    try:
+        out = tuple(int(n) for n in seqlens)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a sequence of ints, got {seqlens!r}") from None
+    if any(n < 0 for n in out):
+        raise ValueError(f"{name} must be non-negative, got {list(out)}")
+    return out
+
+
+def _starts(seqlens: tuple[int, ...]) -> tuple[int, ...]:
+    starts = [0]
+    for n in seqlens:
+        starts.append(starts[-1] + n)
+    return tuple(starts)
+
+
+@dataclass(frozen=True, eq=False)
+class SeqLens:
+    """Immutable description of a block-diagonal mask over packed segments (like xformers'
+    ``BlockDiagonalMask``): query segment ``i`` sees key segment ``i`` only.
+
+    Example: ``from_seqlens([2, 0, 3], [1, 4, 2])`` gives ``q_start_py == (0, 2, 2, 5)`` and
+    ``kv_start_py == (0, 1, 5, 7)``; queries 2..4 see keys 5..6, segment 1 has no queries.
+
+    Attributes:
+        q_seqlens, kv_seqlens: segment lengths (same count ``N``).
+        q_start, kv_start: ``(N + 1,)`` int32 cumulative starts on ``device`` (``cu_seqlens``).
+        q_start_py, kv_start_py: the same as Python tuples (no device sync).
+        max_q_seqlen, max_kv_seqlen: longest segments (0 when there are none).
+    """
+
+    q_seqlens: tuple[int, ...]
+    kv_seqlens: tuple[int, ...]
+    q_start: torch.Tensor
+    kv_start: torch.Tensor
+    q_start_py: tuple[int, ...]
+    kv_start_py: tuple[int, ...]
+    max_q_seqlen: int
+    max_kv_seqlen: int
+    # Per-backend derived data (block tables, masks), filled on first use.
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_seqlens(cls, q_seqlens: Sequence[int], kv_seqlens: Sequence[int] | None = None, *, device=None) -> "SeqLens":
+        """Build from per-segment lengths; ``kv_seqlens=None`` means the same as the queries.
+
+        Raises:
+            ValueError: negative lengths, different segment counts, or an empty key segment
+                paired with a non-empty query segment (its softmax would be undefined).
+        """
+        q = _lengths("q_seqlens", q_seqlens)
+        kv = q if kv_seqlens is None else _lengths("kv_seqlens", kv_seqlens)
+        if len(q) != len(kv):
+            raise ValueError(f"q_seqlens and kv_seqlens must have the same number of segments, got {len(q)} and {len(kv)}")
+        bad = [i for i, (a, b) in enumerate(zip(q, kv)) if a > 0 and b == 0]
+        if bad:
+            raise ValueError(f"every non-empty query segment needs a non-empty key segment; segments {bad[:8]} have kv length 0")
+        q_py, kv_py = _starts(q), _starts(kv)
+        device = torch.device(device if device is not None else "cpu")
+        return cls(
+            q_seqlens=q,
+            kv_seqlens=kv,
+            q_start=torch.tensor(q_py, dtype=torch.int32, device=device),
+            kv_start=torch.tensor(kv_py, dtype=torch.int32, device=device),
+            q_start_py=q_py,
+            kv_start_py=kv_py,
+            max_q_seqlen=max(q, default=0),
+            max_kv_seqlen=max(kv, default=0),
+        )
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.q_seqlens)
+
+    @property
+    def total_q(self) -> int:
+        return self.q_start_py[-1]
+
+    @property
+    def total_kv(self) -> int:
+        return self.kv_start_py[-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.q_start.device
+
+    def to(self, device) -> "SeqLens":
+        """The same description with its tensors on ``device`` (``self`` if already there)."""
+        if torch.device(device) == self.device:
+            return self
+        return SeqLens.from_seqlens(self.q_seqlens, self.kv_seqlens, device=device)
+
+    def segment_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segment index of every query ``(Nq,)`` and every key ``(Nkv,)`` (long, on ``device``)."""
+        if "segment_ids" not in self._cache:
+            seg = torch.arange(self.num_segments, device=self.device)
+            q_ids = seg.repeat_interleave(torch.tensor(self.q_seqlens, device=self.device), output_size=self.total_q)
+            kv_ids = seg.repeat_interleave(torch.tensor(self.kv_seqlens, device=self.device), output_size=self.total_kv)
+            self._cache["segment_ids"] = (q_ids, kv_ids)
+        return self._cache["segment_ids"]
+
+    def materialize(self, device=None) -> torch.Tensor:
+        """Dense boolean mask ``(Nq, Nkv)``, True where attention is allowed.
+
+        ``O(Nq * Nkv)`` memory: for testing, debugging and the dense ``sdpa`` backend.
+        """
+        q_ids, kv_ids = (self if device is None else self.to(device)).segment_ids()
+        return q_ids[:, None] == kv_ids[None, :]  # Nq x Nkv
+
+
+def _flex_check(q: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto") -> list[str]:
+    if q.device.type != "cpu":
+        return []
+    reasons = []
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, *tensors)):
+        reasons.append("FlexAttention has no backward on cpu (inputs require grad); use backend='sdpa' for training")
+    if requested == "auto" and not reasons:
+        reasons.append("on cpu, auto prefers 'sdpa' (eager FlexAttention there is unfused and forward-only); ask for backend='flex'")
+    return reasons
+
+
+def _triton_check(q: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto") -> list[str]:
+    reasons = triton_usable(q.device)
+    if q.device.type == "cpu":
+        if q.dtype == torch.bfloat16:
+            reasons.append("dtype=torch.bfloat16 is not supported by the Triton interpreter on cpu")
+        if requested == "auto" and not reasons:
+            reasons.append("the Triton interpreter on cpu is only used when asked for (backend='triton')")
+    if q.shape[-1] > _TRITON_MAX_HEAD_DIM:
+        reasons.append(f"head dim D={q.shape[-1]} > {_TRITON_MAX_HEAD_DIM} (one D-wide register tile per block)")
+    return reasons
+
+
+VARLEN_ATTENTION_BACKENDS: tuple[Backend, ...] = (
+    Backend(
+        name="xformers",
+        loader="segblocks.ops.varlen_attention.xformers:varlen_attention_xformers",
+        devices=frozenset({"cuda"}),
+        dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
+        requires=("xformers",),
+    ),
+    Backend(
+        name="triton",
+        loader="segblocks_kernels.varlen_attention:varlen_attention_triton",
+        dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
+        check=_triton_check,
+    ),
+    Backend(name="flex", loader="segblocks.ops.varlen_attention.flex:varlen_attention_flex", check=_flex_check),
+    Backend(name="sdpa", loader="segblocks.ops.varlen_attention.sdpa:varlen_attention_sdpa"),
+    Backend(name="reference", loader="segblocks.ops.varlen_attention.naive:varlen_attention_reference", auto=False),
+)
+
+
+def _prepare(q, k, v, q_seqlens, kv_seqlens) -> SeqLens:
+    """Validate the inputs and return the mask description on ``q.device``."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"varlen_attention: {name} must be a floating point tensor, got {getattr(t, 'dtype', type(t))}")
+        if t.dim() != 3:
+            raise ValueError(f"varlen_attention: {name} must be (N, H, D), got shape {tuple(t.shape)}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"varlen_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"varlen_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape or k.shape[1:] != q.shape[1:]:
+        raise ValueError(
+            "varlen_attention: expected q (Nq, H, D) and k, v (Nkv, H, D) with the same H and D, "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if isinstance(q_seqlens, SeqLens):
+        if kv_seqlens is not None:
+            raise ValueError("varlen_attention: pass kv_seqlens=None when q_seqlens is a SeqLens")
+        seqlens = q_seqlens.to(q.device)
+    else:
+        seqlens = SeqLens.from_seqlens(q_seqlens, kv_seqlens, device=q.device)
+    if seqlens.total_q != q.shape[0]:
+        raise ValueError(f"varlen_attention: q_seqlens sum to {seqlens.total_q} but q has Nq={q.shape[0]} rows")
+    if seqlens.total_kv != k.shape[0]:
+        raise ValueError(f"varlen_attention: kv_seqlens sum to {seqlens.total_kv} but k, v have Nkv={k.shape[0]} rows")
+    return seqlens
+
+
+def explain_varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_seqlens: Sequence[int] | SeqLens,
+    kv_seqlens: Sequence[int] | None = None,
+    *,
+    backend: str = "auto",
+) -> dict[str, list[str]]:
+    """Why each backend would (empty list) or would not run these inputs with ``backend=``."""
+    _prepare(q, k, v, q_seqlens, kv_seqlens)
+    return explain("varlen_attention", VARLEN_ATTENTION_BACKENDS, (q, k, v), requested=backend)
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_seqlens: Sequence[int] | SeqLens,
+    kv_seqlens: Sequence[int] | None = None,
+    *,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Block-diagonal attention over packed variable-length segments (HRSAM §3.2, §3.4).
+
+    ``out[Q^i] = softmax(scale * Q^i K^iT) V^i`` per segment and head.
+
+    Args:
+        q: ``(Nq, H, D)`` packed queries (xformers BMHK with ``B = 1`` squeezed).
+        k, v: ``(Nkv, H, D)`` packed keys and values.
+        q_seqlens: query segment lengths (sum ``Nq``; zeros allowed), or a prebuilt
+            :class:`SeqLens` (then ``kv_seqlens`` must be None), e.g. ``FLAMapping.seqlens``.
+        kv_seqlens: key segment lengths (same count, sum ``Nkv``); None = ``q_seqlens``.
+        scale: logit scale; default ``D ** -0.5``.
+        backend: ``"auto"`` or a name in :data:`VARLEN_ATTENTION_BACKENDS`.
+
+    Returns:
+        ``(Nq, H, D)`` in ``q.dtype``.
+
+    Raises:
+        TypeError / ValueError: malformed inputs (shapes, dtypes, lengths not matching).
+        segblocks.ops._dispatch.BackendUnavailable: no backend (or not the named one) can run
+            them; the message lists every refusal (see :func:`explain_varlen_attention`).
+    """
+    seqlens = _prepare(q, k, v, q_seqlens, kv_seqlens)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    fn = dispatch("varlen_attention", VARLEN_ATTENTION_BACKENDS, (q, k, v), backend, requested=backend)
+    if seqlens.total_q == 0:
+        return q.clone()  # no query rows: nothing to compute (some kernels reject empty launches)
+    return fn(q, k, v, seqlens, scale)

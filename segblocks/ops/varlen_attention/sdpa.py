@@ -1,0 +1,36 @@
+"""Dense-mask varlen attention: ``F.scaled_dot_product_attention`` with a block-diagonal mask.
+
+The CPU training path (SDPA has a backward everywhere). The boolean mask costs ``Nq * Nkv``
+bytes, so it suits windows of a few thousand tokens, not a 4K image's full sequence.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from segblocks.ops.varlen_attention import SeqLens
+
+__all__ = ["varlen_attention_sdpa"]
+
+
+def varlen_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: SeqLens, scale: float) -> torch.Tensor:
+    """Block-diagonal attention through one masked SDPA call over all heads.
+
+    Every query row has at least one allowed key (non-empty query segments have non-empty key
+    segments), so no row is fully masked and no NaN appears.
+
+    Args:
+        q: ``(Nq, H, D)``; k, v: ``(Nkv, H, D)``; seqlens: the segment description.
+        scale: logit scale.
+
+    Returns:
+        ``(Nq, H, D)``.
+    """
+    key = ("sdpa_mask", q.device)
+    if key not in seqlens._cache:
+        seqlens._cache[key] = seqlens.materialize(q.device)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),  # H x N x D
+        attn_mask=seqlens._cache[key], scale=scale,
+    )
+    return out.transpose(0, 1)  # Nq x H x D

@@ -1,0 +1,249 @@
+"""Triton flash-attention kernels for varlen block-diagonal attention (forward and backward).
+
+Same semantics as ``segblocks.ops.varlen_attention.naive``: packed ``q (Nq, H, D)``,
+``k, v (Nkv, H, D)``; query segment ``i`` attends to key segment ``i`` only. The algorithm is
+FlashAttention-2's (online softmax in base 2, log-sum-exp stored for the backward), restricted to
+the diagonal blocks so the masked area is never visited (HRSAM §3.2, Fig. 3 right).
+
+Layout: a query segment is cut into blocks of ``BLOCK_M`` rows that never straddle two segments.
+A precomputed block table (``segment id, first row`` per block, cached on the ``SeqLens``) maps
+every program of the grid ``(query blocks, heads)`` to its segment; the program then loops over
+that segment's keys only, ``BLOCK_N`` at a time. The backward is two deterministic kernels, no
+atomics: one program per (key block, head) accumulates ``dK, dV`` over the segment's queries,
+one per (query block, head) accumulates ``dQ`` over its keys; ``delta = rowsum(dO * O)`` is
+computed by PyTorch. Head dims up to 128 are padded to a power of two (at least 16, the
+``tl.dot`` minimum) with masks. Accumulation is float32; float32 inputs use IEEE dots (no TF32).
+
+Block sizes are fixed (no autotuning: the block tables depend on ``BLOCK_M``/``BLOCK_N``). Under
+``TRITON_INTERPRET=1`` (CPU tests) blocks are 16 wide to keep the sequential interpreter fast.
+No ``tl.make_block_ptr`` (removed in Triton 3.9): plain pointer arithmetic.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+__all__ = ["VarlenAttentionFunction", "varlen_attention_triton"]
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, O, LSE, q_start, kv_start, blk_seg, blk_row,
+    H, D, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    seg = tl.load(blk_seg + pid)
+    q_hi = tl.load(q_start + seg + 1)
+    kv_lo = tl.load(kv_start + seg)
+    kv_hi = tl.load(kv_start + seg + 1)
+    stride = H * D  # packed (N, H, D), contiguous
+    rows = (tl.load(blk_row + pid) + tl.arange(0, BLOCK_M)).to(tl.int64)
+    row_ok = rows < q_hi
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # Every step holds at least one real key (the loop stops at kv_hi), so m_i is finite after it.
+    for start in range(kv_lo, kv_hi, BLOCK_N):
+        cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
+        col_ok = cols < kv_hi
+        kt = tl.load(K + cols[None, :] * stride + h * D + d[:, None], mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale  # BLOCK_M x BLOCK_N, log2 units
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + cols[:, None] * stride + h * D + d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    tl.store(O + rows[:, None] * stride + h * D + d[None, :], acc.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + rows * H + h, m_i + tl.log2(l_i), mask=row_ok)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, q_start, kv_start, blk_seg, blk_row,
+    H, D, qk_scale, sm_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    seg = tl.load(blk_seg + pid)
+    kv_hi = tl.load(kv_start + seg + 1)
+    q_lo = tl.load(q_start + seg)
+    q_hi = tl.load(q_start + seg + 1)
+    stride = H * D
+    cols = (tl.load(blk_row + pid) + tl.arange(0, BLOCK_N)).to(tl.int64)
+    col_ok = cols < kv_hi
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    tile_ok = col_ok[:, None] & d_ok[None, :]
+    k = tl.load(K + cols[:, None] * stride + h * D + d[None, :], mask=tile_ok, other=0.0)  # BLOCK_N x BLOCK_D
+    v = tl.load(V + cols[:, None] * stride + h * D + d[None, :], mask=tile_ok, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    # A key segment without queries gets zero gradients (the loop does not run).
+    for start in range(q_lo, q_hi, BLOCK_M):
+        rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
+        row_ok = rows < q_hi
+        q_ok = row_ok[:, None] & d_ok[None, :]
+        q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :], mask=q_ok, other=0.0)  # BLOCK_M x BLOCK_D
+        do = tl.load(DO + rows[:, None] * stride + h * D + d[None, :], mask=q_ok, other=0.0)
+        lse = tl.load(LSE + rows * H + h, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + rows * H + h, mask=row_ok, other=0.0)
+        st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # BLOCK_N x BLOCK_M
+        pt = tl.where(col_ok[:, None] & row_ok[None, :], tl.exp2(st - lse[None, :]), 0.0)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # BLOCK_N x BLOCK_M
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
+    tl.store(DK + cols[:, None] * stride + h * D + d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=tile_ok)
+    tl.store(DV + cols[:, None] * stride + h * D + d[None, :], dv.to(DV.dtype.element_ty), mask=tile_ok)
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, q_start, kv_start, blk_seg, blk_row,
+    H, D, qk_scale, sm_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    seg = tl.load(blk_seg + pid)
+    q_hi = tl.load(q_start + seg + 1)
+    kv_lo = tl.load(kv_start + seg)
+    kv_hi = tl.load(kv_start + seg + 1)
+    stride = H * D
+    rows = (tl.load(blk_row + pid) + tl.arange(0, BLOCK_M)).to(tl.int64)
+    row_ok = rows < q_hi
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    tile_ok = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :], mask=tile_ok, other=0.0)
+    do = tl.load(DO + rows[:, None] * stride + h * D + d[None, :], mask=tile_ok, other=0.0)
+    lse = tl.load(LSE + rows * H + h, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + rows * H + h, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(kv_lo, kv_hi, BLOCK_N):
+        cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
+        col_ok = cols < kv_hi
+        kv_ok = col_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + cols[:, None] * stride + h * D + d[None, :], mask=kv_ok, other=0.0)  # BLOCK_N x BLOCK_D
+        v = tl.load(V + cols[:, None] * stride + h * D + d[None, :], mask=kv_ok, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # BLOCK_M x BLOCK_N
+        p = tl.where(row_ok[:, None] & col_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    tl.store(DQ + rows[:, None] * stride + h * D + d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=tile_ok)
+
+
+def _config(head_dim: int) -> dict:
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": block_d, "num_warps": 1}
+    block = 64 if block_d <= 64 else 32
+    return {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": block_d, "num_warps": 4}
+
+
+def _block_table(seqlens, side: str, block: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(segment id, first row)`` of every ``block``-row tile of the ``side`` ("q"/"kv") segments."""
+    key = ("triton_blocks", side, block, device)
+    if key not in seqlens._cache:
+        starts = seqlens.q_start_py if side == "q" else seqlens.kv_start_py
+        seg, row = [], []
+        for i, (lo, hi) in enumerate(zip(starts, starts[1:])):
+            for r in range(lo, hi, block):
+                seg.append(i)
+                row.append(r)
+        seqlens._cache[key] = (
+            torch.tensor(seg, dtype=torch.int32, device=device),
+            torch.tensor(row, dtype=torch.int32, device=device),
+        )
+    return seqlens._cache[key]
+
+
+def _device_ctx(t: torch.Tensor):
+    # Triton launches on torch's current CUDA device, which may differ from the tensors'.
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+class VarlenAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper: differentiable w.r.t. ``q``, ``k`` and ``v``."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, seqlens, scale):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        Nq, H, D = q.shape
+        cfg = _config(D)
+        precision = "ieee" if q.dtype == torch.float32 else "tf32"  # only fp32 dots look at it
+        out = torch.empty_like(q)
+        lse = torch.empty(Nq, H, device=q.device, dtype=torch.float32)  # log2-sum-exp of scaled logits
+        seg, row = _block_table(seqlens, "q", cfg["BLOCK_M"], q.device)
+        if seg.numel() > 0 and H > 0:
+            q_start, kv_start = seqlens.q_start.to(q.device), seqlens.kv_start.to(q.device)
+            with _device_ctx(q):
+                _fwd_kernel[(seg.numel(), H)](
+                    q, k, v, out, lse, q_start, kv_start, seg, row,
+                    H, D, scale * _LOG2E,
+                    BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], PRECISION=precision,
+                    num_warps=cfg["num_warps"],
+                )
+        ctx.seqlens, ctx.scale, ctx.precision = seqlens, scale, precision
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        seqlens, scale = ctx.seqlens, ctx.scale
+        Nq, H, D = q.shape
+        cfg = _config(D)
+        grad_out = grad_out.contiguous()
+        delta = (grad_out.float() * out.float()).sum(-1)  # Nq x H, rowsum(dO * O)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        q_start, kv_start = seqlens.q_start.to(q.device), seqlens.kv_start.to(q.device)
+        common = dict(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], PRECISION=ctx.precision,
+                      num_warps=cfg["num_warps"])
+        kv_seg, kv_row = _block_table(seqlens, "kv", cfg["BLOCK_N"], q.device)
+        q_seg, q_row = _block_table(seqlens, "q", cfg["BLOCK_M"], q.device)
+        with _device_ctx(q):
+            if kv_seg.numel() > 0 and H > 0:
+                _bwd_dkdv_kernel[(kv_seg.numel(), H)](
+                    q, k, v, grad_out, lse, delta, dk, dv, q_start, kv_start, kv_seg, kv_row,
+                    H, D, scale * _LOG2E, scale, **common,
+                )
+            if q_seg.numel() > 0 and H > 0:
+                _bwd_dq_kernel[(q_seg.numel(), H)](
+                    q, k, v, grad_out, lse, delta, dq, q_start, kv_start, q_seg, q_row,
+                    H, D, scale * _LOG2E, scale, **common,
+                )
+        return dq, dk, dv, None, None
+
+
+def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens, scale: float) -> torch.Tensor:
+    """Triton varlen block-diagonal attention; shapes as in ``varlen_attention_reference``.
+
+    Args:
+        q: ``(Nq, H, D)``; k, v: ``(Nkv, H, D)``, ``D <= 128``.
+        seqlens: ``segblocks.ops.varlen_attention.SeqLens`` (block tables are cached on it).
+        scale: logit scale.
+
+    Returns:
+        ``(Nq, H, D)`` in ``q.dtype``.
+    """
+    return VarlenAttentionFunction.apply(q, k, v, seqlens, scale)
