@@ -3,15 +3,15 @@
 * :class:`ImageMaskFolderDataset`: any image folder + mask folder paired by file stem.
 * :class:`BenchmarkDataset`: the same with a named layout from :data:`BENCHMARK_LAYOUTS`:
 
-  ===========  ====================  ===================  ==========================================
-  layout       images                masks                values
-  ===========  ====================  ===================  ==========================================
-  grabcut      ``data_GT/``          ``boundary_GT/``     255 object, 128 ignore band, 0 background
-  berkeley     ``data_GT/``          ``boundary_GT/``     as grabcut (Berkeley in the GrabCut layout)
-  davis        ``img/``              ``gt/<stem>.png``    any non-zero is the object
-  coco_mval    ``img/``              ``gt/<stem>.png``    any non-zero is the object
-  focuscut     ``img/``              ``gt/<stem>#001.png``  palette index 1 object, 255 ignore
-  ===========  ====================  ===================  ==========================================
+  ===========  ============  =====================  ==========================================
+  layout       images        masks                  values
+  ===========  ============  =====================  ==========================================
+  grabcut      ``data_GT/``  ``boundary_GT/``       255 object, 128 ignore band, 0 background
+  berkeley     ``data_GT/``  ``boundary_GT/``       as grabcut (Berkeley in the GrabCut layout)
+  davis        ``img/``      ``gt/<stem>.png``      any non-zero is the object
+  coco_mval    ``img/``      ``gt/<stem>.png``      any non-zero is the object
+  focuscut     ``img/``      ``gt/<stem>#001.png``  palette index 1 object, 255 ignore
+  ===========  ============  =====================  ==========================================
 
   ``focuscut`` is the layout of the FocusCut zips that the Inter2Former / HRSAM / FocSAM loaders
   read (notes §0.3): those loaders count value 255 as *background*, while InterFormer and the
@@ -177,6 +177,7 @@ class BenchmarkDataset(ImageMaskFolderDataset):
 def _read_sbd_instances(path: Path) -> np.ndarray:
     """The ``GTinst.Segmentation`` instance map of an SBD ``inst/*.mat`` as (H, W) int64."""
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     if not path.is_file():
         raise FileNotFoundError(f"SBD instance file not found: {path}")
@@ -185,7 +186,7 @@ def _read_sbd_instances(path: Path) -> np.ndarray:
         # A 1x1 MATLAB struct with fields Segmentation, Boundaries, Categories; the authors'
         # loaders index it positionally ([0][0][0]), the field name is the robust equivalent.
         seg = np.asarray(gt["Segmentation"][0, 0])
-    except (KeyError, ValueError, IndexError, TypeError, OSError) as e:
+    except (MatReadError, KeyError, ValueError, IndexError, TypeError, OSError) as e:
         raise ValueError(f"corrupt SBD instance file {path} (expected a GTinst struct with a Segmentation field): {e!r}") from e
     if seg.ndim != 2 or seg.dtype.kind not in "ui":
         raise ValueError(f"SBD instance file {path}: Segmentation must be a 2-D integer map, received {seg.dtype} {seg.shape}")

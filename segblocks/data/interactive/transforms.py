@@ -192,4 +192,4 @@ def _unpack(sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     for name, m in (("mask", mask), ("ignore", ignore)):
         if m.shape != image.shape[1:] or m.dtype != torch.bool:
             raise ValueError(f"sample {sample.get('sample_id')}: {name} must be bool {tuple(image.shape[1:])}, received {m.dtype} {tuple(m.shape)}")
-    return image.permute(1, 2, 0).numpy(), mask.numpy(), ignore.numpy()  # H x W x 3, H x W, H x W
+    return np.ascontiguousarray(image.permute(1, 2, 0).numpy()), mask.numpy(), ignore.numpy()  # H x W x 3, H x W, H x W

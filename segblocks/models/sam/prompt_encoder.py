@@ -58,8 +58,10 @@ class RandomFourierEncoding(nn.Module):
             (..., 2 * num_pos_feats): sines then cosines.
         """
         gaussian = self.positional_encoding_gaussian_matrix
-        proj = 2 * math.pi * ((2 * coords.to(gaussian.dtype) - 1) @ gaussian)  # ... x num_pos_feats
-        return torch.cat([proj.sin(), proj.cos()], dim=-1)
+        # phases reach ~±20 rad: under half-precision autocast sin/cos would be off by ~0.1
+        with torch.autocast(device_type=coords.device.type, enabled=False):
+            proj = 2 * math.pi * ((2 * coords.to(gaussian.dtype) - 1) @ gaussian)  # ... x num_pos_feats
+            return torch.cat([proj.sin(), proj.cos()], dim=-1)
 
     def dense(self, size: tuple[int, int]) -> torch.Tensor:
         """Encoding of the cell centres of an ``(h, w)`` grid: (2 * num_pos_feats, h, w)."""

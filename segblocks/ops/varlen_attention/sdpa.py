@@ -26,11 +26,9 @@ def varlen_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq
     Returns:
         ``(Nq, H, D)``.
     """
-    key = ("sdpa_mask", q.device)
-    if key not in seqlens._cache:
-        seqlens._cache[key] = seqlens.materialize(q.device)
+    # Rebuilt per call rather than cached on ``seqlens``: it is as large as the scores.
+    mask = seqlens.materialize(q.device)  # Nq x Nkv
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),  # H x N x D
-        attn_mask=seqlens._cache[key], scale=scale,
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=scale  # H x N x D
     )
     return out.transpose(0, 1)  # Nq x H x D

@@ -1,0 +1,189 @@
+"""Varlen block-diagonal attention: every backend against a float64 per-segment oracle, the
+mask description, gradients, dispatch refusals and input validation.
+
+On CPU the Triton backend runs under TRITON_INTERPRET=1 (set by conftest), so shapes are tiny.
+"""
+import pytest
+import torch
+
+from segblocks.ops._dispatch import BackendUnavailable
+from segblocks.ops.varlen_attention import SeqLens, explain_varlen_attention, varlen_attention
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (q_seqlens, kv_seqlens): equal lengths; ragged with empty and length-1 query segments and a
+# 20-query segment (two 16-row interpreter blocks); KV-only padding (every key segment k*k = 9).
+CASES = {
+    "square": ([3, 1, 5], None),
+    "ragged": ([2, 0, 20, 1, 4], [3, 5, 35, 1, 2]),
+    "kv_padding": ([4, 9, 1], [9, 9, 9]),
+}
+
+
+def oracle(q, k, v, q_lens, kv_lens, scale):
+    """float64 softmax attention, one segment and one head at a time (no mask machinery)."""
+    kv_lens = q_lens if kv_lens is None else kv_lens
+    q, k, v = q.double(), k.double(), v.double()
+    rows, q0, k0 = [], 0, 0
+    for nq, nk in zip(q_lens, kv_lens):
+        for i in range(q0, q0 + nq):
+            heads = []
+            for h in range(q.shape[1]):
+                scores = torch.stack([scale * torch.dot(q[i, h], k[j, h]) for j in range(k0, k0 + nk)])
+                heads.append(torch.softmax(scores, 0) @ v[k0:k0 + nk, h])
+            rows.append(torch.stack(heads))
+        q0, k0 = q0 + nq, k0 + nk
+    return torch.stack(rows) if rows else q.new_zeros(0, *q.shape[1:])
+
+
+def make_inputs(q_lens, kv_lens, *, H=2, D=5, dtype=torch.float32, device=DEVICE, grad=False):
+    nkv = sum(q_lens if kv_lens is None else kv_lens)
+    q = torch.randn(sum(q_lens), H, D, dtype=torch.float64).to(device, dtype)
+    k = torch.randn(nkv, H, D, dtype=torch.float64).to(device, dtype)
+    v = torch.randn(nkv, H, D, dtype=torch.float64).to(device, dtype)
+    return [t.requires_grad_(grad) for t in (q, k, v)]
+
+
+def check_grads(out, expected, q, k, v, tol):
+    grad_out = torch.randn_like(expected)
+    got = torch.autograd.grad(out, (q, k, v), grad_out.to(out.dtype))
+    want = torch.autograd.grad(expected, (q, k, v), grad_out)
+    for name, g, e in zip("qkv", got, want):
+        assert g.dtype == q.dtype, name
+        assert e.abs().sum() > 0, name  # not vacuous
+        torch.testing.assert_close(g.double(), e.double(), atol=tol, rtol=tol, msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("backend,dtype", [
+    ("reference", torch.float64), ("sdpa", torch.float64), ("sdpa", torch.float32), ("triton", torch.float32),
+])
+def test_forward_and_grads_match_oracle(backend, dtype, case):
+    q_lens, kv_lens = CASES[case]
+    q, k, v = make_inputs(q_lens, kv_lens, dtype=dtype, grad=True)
+    out = varlen_attention(q, k, v, q_lens, kv_lens, scale=0.3, backend=backend)
+    expected = oracle(q, k, v, q_lens, kv_lens, 0.3)
+    assert out.dtype == dtype and out.shape == q.shape
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
+    check_grads(out, expected, q, k, v, tol * 5)
+
+
+def test_default_scale_and_head_dim_power_of_two():
+    q_lens, kv_lens = [5, 3], [2, 7]
+    q, k, v = make_inputs(q_lens, kv_lens, H=3, D=8)
+    expected = oracle(q, k, v, q_lens, kv_lens, 8 ** -0.5)
+    for backend in ("sdpa", "triton"):
+        out = varlen_attention(q, k, v, q_lens, kv_lens, backend=backend)
+        torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=2e-5)
+
+
+def test_triton_fp16_forward_and_grads():
+    q_lens, kv_lens = CASES["ragged"]
+    q, k, v = make_inputs(q_lens, kv_lens, dtype=torch.float16, grad=True)
+    out = varlen_attention(q, k, v, q_lens, kv_lens, backend="triton")
+    expected = oracle(q, k, v, q_lens, kv_lens, 5 ** -0.5)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.double(), expected, atol=3e-3, rtol=3e-3)
+    check_grads(out, expected, q, k, v, 1e-2)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # eager FlexAttention on CPU suggests torch.compile
+def test_flex_forward_no_grad():
+    pytest.importorskip("torch.nn.attention.flex_attention", reason="FlexAttention needs torch >= 2.5")
+    q_lens, kv_lens = CASES["ragged"]
+    q, k, v = make_inputs(q_lens, kv_lens, grad=True)  # requires_grad, but grad mode is off below
+    with torch.no_grad():
+        out = varlen_attention(q, k, v, q_lens, kv_lens, scale=0.7, backend="flex")
+    torch.testing.assert_close(out.double(), oracle(q, k, v, q_lens, kv_lens, 0.7), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="CPU refusal")
+def test_cpu_refusals_and_auto_choice():
+    q, k, v = make_inputs([3, 2], None, grad=True)
+    reasons = explain_varlen_attention(q, k, v, [3, 2])
+    assert any("backward" in r for r in reasons["flex"])
+    assert any("device=cpu" in r or "not installed" in r for r in reasons["xformers"])
+    assert any("only used when asked" in r for r in reasons["triton"])
+    assert reasons["sdpa"] == []
+    with pytest.raises(BackendUnavailable, match="backward"):
+        varlen_attention(q, k, v, [3, 2], backend="flex")
+    with pytest.raises(BackendUnavailable, match="xformers"):
+        varlen_attention(q, k, v, [3, 2], backend="xformers")
+    with torch.no_grad():  # no-grad inference still defaults to sdpa on CPU, flex only by name
+        assert explain_varlen_attention(q, k, v, [3, 2])["flex"] != []
+        assert explain_varlen_attention(q, k, v, [3, 2], backend="flex")["flex"] == []
+    assert explain_varlen_attention(q, k, v, [3, 2], backend="triton")["triton"] == []
+    reasons = explain_varlen_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), [3, 2], backend="triton")
+    assert any("bfloat16" in r for r in reasons["triton"])
+    big = torch.zeros(5, 1, 256)
+    assert any("D=256" in r for r in explain_varlen_attention(big, big, big, [5])["triton"])
+
+
+def test_seqlens_description_and_materialize():
+    s = SeqLens.from_seqlens([2, 0, 3], [1, 4, 2])
+    assert s.q_start_py == (0, 2, 2, 5) and s.kv_start_py == (0, 1, 5, 7)
+    assert s.q_start.tolist() == [0, 2, 2, 5] and s.q_start.dtype == torch.int32
+    assert (s.max_q_seqlen, s.max_kv_seqlen, s.num_segments, s.total_q, s.total_kv) == (3, 4, 3, 5, 7)
+    expected = torch.zeros(5, 7, dtype=torch.bool)
+    expected[0:2, 0:1] = True
+    expected[2:5, 5:7] = True
+    assert torch.equal(s.materialize(), expected)
+    assert SeqLens.from_seqlens([2, 3]).kv_seqlens == (2, 3)
+    assert s.to("cpu") is s
+
+
+def test_prebuilt_seqlens_and_empty_queries():
+    q, k, v = make_inputs([4, 2], [3, 5])
+    s = SeqLens.from_seqlens([4, 2], [3, 5])
+    torch.testing.assert_close(varlen_attention(q, k, v, s, backend="sdpa"), varlen_attention(q, k, v, [4, 2], [3, 5], backend="reference"))
+    with pytest.raises(ValueError, match="kv_seqlens=None"):
+        varlen_attention(q, k, v, s, [3, 5])
+    q0 = q[:0]
+    for backend in ("sdpa", "reference", "triton"):
+        assert varlen_attention(q0, k, v, [0, 0], [3, 5], backend=backend).shape == (0, 2, 5)
+
+
+@pytest.mark.parametrize(
+    "q_shape,kv_shape,q_lens,kv_lens,match",
+    [
+        ((5, 2, 4), (6, 2, 4), [2, 2], [3, 3], "q_seqlens sum to 4 but q has Nq=5"),
+        ((5, 2, 4), (6, 2, 4), [2, 3], [3, 4], "kv_seqlens sum to 7 but k, v have Nkv=6"),
+        ((5, 2, 4), (6, 2, 4), [2, 3], [6], "same number of segments, got 2 and 1"),
+        ((5, 2, 4), (6, 2, 4), [2, 3], [6, 0], "non-empty key segment"),
+        ((5, 2, 4), (5, 2, 4), [2, -1, 4], None, "non-negative"),
+        ((5, 2, 4), (6, 2, 8), [5], [6], "same H and D"),
+        ((5, 2, 4), (6, 3, 4), [5], [6], "same H and D"),
+        ((5, 8), (6, 8), [5], [6], r"q must be \(N, H, D\)"),
+    ],
+)
+def test_bad_inputs(q_shape, kv_shape, q_lens, kv_lens, match):
+    q, k = torch.zeros(q_shape), torch.zeros(kv_shape)
+    with pytest.raises(ValueError, match=match):
+        varlen_attention(q, k, k, q_lens, kv_lens)
+
+
+def test_bad_dtypes_and_backend_name():
+    q = torch.zeros(3, 1, 4)
+    with pytest.raises(TypeError, match="share a dtype"):
+        varlen_attention(q, q.double(), q, [3])
+    with pytest.raises(TypeError, match="floating point"):
+        varlen_attention(q.long(), q, q, [3])
+    with pytest.raises(ValueError, match="unknown backend"):
+        varlen_attention(q, q, q, [3], backend="cutlass")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["auto", "triton", "xformers", "flex", "sdpa"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_backends(backend, dtype):
+    if backend == "xformers":
+        pytest.importorskip("xformers")
+    q_lens, kv_lens = CASES["ragged"]
+    q, k, v = make_inputs(q_lens, kv_lens, H=2, D=64, dtype=dtype, grad=True)
+    out = varlen_attention(q, k, v, q_lens, kv_lens, backend=backend)
+    expected = oracle(q, k, v, q_lens, kv_lens, 64 ** -0.5)
+    tol = 2e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
+    check_grads(out, expected, q, k, v, tol * 5)
