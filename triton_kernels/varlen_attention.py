@@ -14,8 +14,10 @@ one per (query block, head) accumulates ``dQ`` over its keys; ``delta = rowsum(d
 computed by PyTorch. Head dims up to 128 are padded to a power of two (at least 16, the
 ``tl.dot`` minimum) with masks. Accumulation is float32; float32 inputs use IEEE dots (no TF32).
 
-Block sizes are fixed (no autotuning: the block tables depend on ``BLOCK_M``/``BLOCK_N``). Under
-``TRITON_INTERPRET=1`` (CPU tests) blocks are 16 wide to keep the sequential interpreter fast.
+Block sizes are fixed per dtype and head dim (no autotuning: the block tables depend on
+``BLOCK_M``/``BLOCK_N``): 64 (32 for ``D > 64``) in half precision, 32 (16) in float32 so that
+shared memory fits consumer GPUs. Under ``TRITON_INTERPRET=1`` (the CPU tests) blocks are 16
+wide to keep the sequential interpreter fast.
 No ``tl.make_block_ptr`` (removed in Triton 3.9): plain pointer arithmetic.
 """
 from __future__ import annotations
@@ -50,7 +52,8 @@ def _fwd_kernel(
     row_ok = rows < q_hi
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
-    q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    tile_ok = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + rows[:, None] * stride + h * D + d[None, :], mask=tile_ok, other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -69,7 +72,7 @@ def _fwd_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     acc = acc / l_i[:, None]
-    tl.store(O + rows[:, None] * stride + h * D + d[None, :], acc.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(O + rows[:, None] * stride + h * D + d[None, :], acc.to(O.dtype.element_ty), mask=tile_ok)
     tl.store(LSE + rows * H + h, m_i + tl.log2(l_i), mask=row_ok)
 
 
@@ -154,10 +157,14 @@ def _bwd_dq_kernel(
 def _config(head_dim: int, dtype: torch.dtype) -> dict:
     block_d = max(16, triton.next_power_of_2(head_dim))
     if os.environ.get("TRITON_INTERPRET") == "1":
-        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": block_d, "num_warps": 1}
-    # 32-wide fp32 tiles keep shared memory under ~64 KB (sm_86 allows 99 KB per block).
-    block = 64 if block_d <= 64 and dtype != torch.float32 else 32
-    return {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": block_d, "num_warps": 4}
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": block_d, "num_warps": 1, "num_stages": 1}
+    if dtype == torch.float32:
+        # fp32 tiles are twice as large: smaller blocks and no software pipelining keep shared
+        # memory under ~64 KB (sm_86 allows 99 KB per block, sm_75 64 KB).
+        return {"BLOCK_M": 32 if block_d <= 64 else 16, "BLOCK_N": 32 if block_d <= 64 else 16,
+                "BLOCK_D": block_d, "num_warps": 4, "num_stages": 1}
+    block = 64 if block_d <= 64 else 32
+    return {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": block_d, "num_warps": 4, "num_stages": 2}
 
 
 def _block_table(seqlens, side: str, block: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,8 +207,7 @@ class VarlenAttentionFunction(torch.autograd.Function):
                 _fwd_kernel[(seg.numel(), H)](
                     q, k, v, out, lse, q_start, kv_start, seg, row,
                     H, D, scale * _LOG2E,
-                    BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], PRECISION=precision,
-                    num_warps=cfg["num_warps"],
+                    PRECISION=precision, **cfg,
                 )
         ctx.seqlens, ctx.scale, ctx.precision = seqlens, scale, precision
         ctx.save_for_backward(q, k, v, out, lse)
@@ -218,20 +224,18 @@ class VarlenAttentionFunction(torch.autograd.Function):
         delta = (grad_out.float() * out.float()).sum(-1)  # Nq x H, rowsum(dO * O)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         q_start, kv_start = seqlens.q_start.to(q.device), seqlens.kv_start.to(q.device)
-        common = dict(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], PRECISION=ctx.precision,
-                      num_warps=cfg["num_warps"])
         kv_seg, kv_row = _block_table(seqlens, "kv", cfg["BLOCK_N"], q.device)
         q_seg, q_row = _block_table(seqlens, "q", cfg["BLOCK_M"], q.device)
         with _device_ctx(q):
             if kv_seg.numel() > 0 and H > 0:
                 _bwd_dkdv_kernel[(kv_seg.numel(), H)](
                     q, k, v, grad_out, lse, delta, dk, dv, q_start, kv_start, kv_seg, kv_row,
-                    H, D, scale * _LOG2E, scale, **common,
+                    H, D, scale * _LOG2E, scale, PRECISION=ctx.precision, **cfg,
                 )
             if q_seg.numel() > 0 and H > 0:
                 _bwd_dq_kernel[(q_seg.numel(), H)](
                     q, k, v, grad_out, lse, delta, dq, q_start, kv_start, q_seg, q_row,
-                    H, D, scale * _LOG2E, scale, **common,
+                    H, D, scale * _LOG2E, scale, PRECISION=ctx.precision, **cfg,
                 )
         return dq, dk, dv, None, None
 

@@ -71,10 +71,11 @@ def _lightning_sdk_entry():
 
 def lightning_main(argv: list[str] | None = None) -> None:
     """The ``lightning`` console script (see module docstring)."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     first = argv[0] if argv else None
     if first is None or first in RUN_SUBCOMMANDS or first in ("-h", "--help", "--version"):
-        main(argv)
+        main(None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
         return
     entry = _lightning_sdk_entry()
     if entry is None:

@@ -154,7 +154,9 @@ def _build_cpu(shapes: tuple[tuple[int, int], ...], k: int, s: int, batch: int, 
 
 
 @functools.lru_cache(maxsize=32)
-def _build(shapes: tuple[tuple[int, int], ...], k: int, s: int, batch: int, kv_padding: bool, device: torch.device) -> FLAMapping:
+def _build(
+    shapes: tuple[tuple[int, int], ...], k: int, s: int, batch: int, kv_padding: bool, device: torch.device
+) -> FLAMapping:
     m = _build_cpu(shapes, k, s, batch, kv_padding)
     if device.type == "cpu":
         return m

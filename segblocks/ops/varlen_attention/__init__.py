@@ -101,7 +101,9 @@ class SeqLens:
             raise ValueError(f"q_seqlens and kv_seqlens must have the same number of segments, got {len(q)} and {len(kv)}")
         bad = [i for i, (a, b) in enumerate(zip(q, kv)) if a > 0 and b == 0]
         if bad:
-            raise ValueError(f"every non-empty query segment needs a non-empty key segment; segments {bad[:8]} have kv length 0")
+            raise ValueError(
+                f"every non-empty query segment needs a non-empty key segment; segments {bad[:8]} have kv length 0"
+            )
         q_py, kv_py = _starts(q), _starts(kv)
         device = torch.device(device if device is not None else "cpu")
         return cls(
@@ -162,7 +164,9 @@ def _flex_check(q: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto"
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, *tensors)):
         reasons.append("FlexAttention has no backward on cpu (inputs require grad); use backend='sdpa' for training")
     if requested == "auto" and not reasons:
-        reasons.append("on cpu, auto prefers 'sdpa' (eager FlexAttention there is unfused and forward-only); ask for backend='flex'")
+        reasons.append(
+            "on cpu, auto prefers 'sdpa' (eager FlexAttention there is unfused and forward-only); ask for backend='flex'"
+        )
     return reasons
 
 

@@ -29,7 +29,9 @@ def _block_mask(seqlens: SeqLens, device: torch.device):
     return seqlens._cache[key]
 
 
-def varlen_attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: SeqLens, scale: float) -> torch.Tensor:
+def varlen_attention_flex(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: SeqLens, scale: float
+) -> torch.Tensor:
     """Block-diagonal attention through ``flex_attention`` with a document ``BlockMask``.
 
     Args:

@@ -12,7 +12,9 @@ from segblocks.ops.varlen_attention import SeqLens
 __all__ = ["varlen_attention_reference"]
 
 
-def varlen_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: SeqLens, scale: float) -> torch.Tensor:
+def varlen_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: SeqLens, scale: float
+) -> torch.Tensor:
     """Segment ``i``: ``softmax(scale * Q^i K^iT) V^i`` per head (HRSAM §3.2, Fig. 3 left).
 
     Half precision is computed in float32.

@@ -13,7 +13,9 @@ from segblocks.ops.varlen_attention import SeqLens
 __all__ = ["varlen_attention_sdpa"]
 
 
-def varlen_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: SeqLens, scale: float) -> torch.Tensor:
+def varlen_attention_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: SeqLens, scale: float
+) -> torch.Tensor:
     """Block-diagonal attention through one masked SDPA call over all heads.
 
     Every query row has at least one allowed key (non-empty query segments have non-empty key

@@ -30,7 +30,9 @@ def _bias(seqlens: SeqLens, device: torch.device):
     return rows, bias
 
 
-def varlen_attention_xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: SeqLens, scale: float) -> torch.Tensor:
+def varlen_attention_xformers(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: SeqLens, scale: float
+) -> torch.Tensor:
     """Block-diagonal attention through xformers (packed ``[1, N, H, D]`` BMHK inputs).
 
     Segments without queries are dropped first, with their keys: xformers' kernels are not
