@@ -14,6 +14,7 @@ tokens are *reordered* so that every window is a contiguous segment (Eq. 2–4).
 These plug straight into :func:`segblocks.ops.varlen_attention.varlen_attention`::
 
     m = kv_padding_mapping(h, w, k, k // 2, batch=B, device=x.device)
+    kp, vp = torch.cat([k, k_pad]), torch.cat([v, v_pad])  # (B*h*w + 1, H, D)
     out = varlen_attention(q[m.q_indices], kp[m.kv_indices], vp[m.kv_indices], m.seqlens)
     out = out[m.inv_indices]  # back to token order
 
@@ -26,7 +27,9 @@ enumerated in raster order (Eq. 6; batch, then scale, then window). The paper pa
 every side and assumes ``h, w`` multiples of ``k`` (Eq. 7–8, Listings 1–2); padding only up to
 the next multiple handles any ``h, w`` and is what the authors' code does (never an all-virtual
 window, so no query segment is empty). A grid that fits in one window (``h <= k`` and
-``w <= k``) is never shifted, also as in the authors' code: shifting would only split it.
+``w <= k``) is never shifted, as in the authors' Inter2Former backbone (their HRSAM repository
+shifts every scale): shifting would only split it. Queries never include virtual tokens (paper
+§3.4; the HRSAM repository also runs queries on pad slots and discards their outputs).
 
 Relation to Swin's shifted windows: Swin rolls the map by ``-s`` and masks the attention between
 the pieces of the wrapped-around boundary windows with an ``O(N^2)`` bias. For ``h, w``
