@@ -11,7 +11,6 @@ from segblocks.ops.selective_scan import (
     explain_selective_scan,
     selective_scan,
     selective_scan_chunked,
-    selective_scan_reference,
 )
 
 HAS_MAMBA = module_available("mamba_ssm") and torch.cuda.is_available()
@@ -61,7 +60,8 @@ def make_inputs(*, batch=2, channels=4, state=3, length=7, groups=None, dtype=to
         "C": torch.randn(bc_shape),
     }
     if full:
-        inputs.update(D=torch.randn(channels), z=torch.randn(batch, channels, length), delta_bias=torch.randn(channels) * 0.3)
+        inputs.update(D=torch.randn(channels), z=torch.randn(batch, channels, length))
+        inputs["delta_bias"] = torch.randn(channels) * 0.3
     return {k: v.to(dtype).requires_grad_() for k, v in inputs.items()}
 
 
@@ -224,3 +224,14 @@ def test_mamba_backend_matches_oracle(groups):
     want = torch.autograd.grad(expected.sum(), [inputs["u"], inputs["B"]])
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double().cpu(), w, rtol=1e-3, atol=1e-3)
+
+
+def test_non_contiguous_inputs():
+    """(B, L, D) tensors transposed to (B, D, L), with L a multiple of the chunk (no padding copy)."""
+    u, delta, z = (torch.randn(2, 9, 4, dtype=torch.float64).transpose(1, 2) for _ in range(3))
+    B, C = (torch.randn(2, 9, 3, dtype=torch.float64).transpose(1, 2) for _ in range(2))
+    A = -torch.rand(4, 3, dtype=torch.float64)
+    expected = oracle(u, delta, A, B, C, z=z, delta_softplus=True)
+    for chunk in (3, 9):
+        out = selective_scan_chunked(u, delta, A, B, C, z=z, delta_softplus=True, chunk_size=chunk)
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)

@@ -276,6 +276,7 @@ def plot_miou_vs_clicks(ious: torch.Tensor, path: str | os.PathLike, *, title: s
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(range(1, len(miou) + 1), miou, marker="o", markersize=3)
     ax.set(xlabel="clicks", ylabel="mIoU", title=f"{title} (N={ious.shape[0]})", ylim=(0, 1), xlim=(1, max(len(miou), 2)))
+    ax.set_xticks(sorted({1, *range(5, len(miou) + 1, 5)}))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

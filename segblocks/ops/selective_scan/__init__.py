@@ -74,7 +74,7 @@ def _validate(u, delta, A, B, C, D, z, delta_bias) -> None:
     batch, channels, length = u.shape
     for name, t in (("delta", delta), ("z", z)):
         if t is not None and t.shape != u.shape:
-            raise ValueError(f"selective_scan: {name} must be (B, D, L) = {tuple(u.shape)} like u, got {tuple(t.shape)}")
+            raise ValueError(f"selective_scan: {name} must be (B, D, L) = {tuple(u.shape)}, got {tuple(t.shape)}")
     if A.dim() != 2 or A.shape[0] != channels or A.shape[1] == 0:
         raise ValueError(f"selective_scan: A must be (D, N) with D={channels}, N >= 1, got {tuple(A.shape)}")
     state = A.shape[1]

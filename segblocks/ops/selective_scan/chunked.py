@@ -89,14 +89,17 @@ def selective_scan_chunked(
     pad = n_chunks * T - length
 
     shape = (batch, groups, channels // groups, n_chunks, T)
-    dt = _chunked(delta, pad, n_chunks, T).view(shape)  # B x G x H x nc x T
-    drive = _chunked(delta * u, pad, n_chunks, T).view(shape)  # B x G x H x nc x T, Δ_t u_t
+    dt = _chunked(delta, pad, n_chunks, T).reshape(shape)  # B x G x H x nc x T
+    drive = _chunked(delta * u, pad, n_chunks, T).reshape(shape)  # B x G x H x nc x T, Δ_t u_t
     Bc = _chunked(B, pad, n_chunks, T).permute(0, 1, 4, 3, 2).contiguous().unsqueeze(2)  # B x G x 1 x T x nc x N
     Cc = _chunked(C, pad, n_chunks, T).permute(0, 1, 4, 3, 2).contiguous().unsqueeze(2)  # B x G x 1 x T x nc x N
     Ag = A.view(groups, channels // groups, 1, state)  # G x H x 1 x N
 
+    # unbind once: indexing step t of a full tensor would cost a full-size zero gradient per step
+    dts, drives, Bts, Cts = dt.unbind(-1), drive.unbind(-1), Bc.unbind(3), Cc.unbind(3)
+
     def decay_at(t: int) -> torch.Tensor:
-        return torch.exp(dt[..., t, None] * Ag)  # B x G x H x nc x N, Ā_t ≤ 1 when A < 0 < Δ
+        return torch.exp(dts[t][..., None] * Ag)  # B x G x H x nc x N, Ā_t ≤ 1 when A < 0 < Δ
 
     # 1. zero-state scan inside every chunk at once
     keep = torch.is_grad_enabled()  # autograd stores each Ā_t anyway: reuse them in step 3
@@ -104,8 +107,8 @@ def selective_scan_chunked(
     h = u.new_zeros(batch, groups, channels // groups, n_chunks, state)  # B x G x H x nc x N
     for t in range(T):
         decay = decay_at(t)
-        h = decay * h + drive[..., t, None] * Bc[:, :, :, t]
-        ys.append((h * Cc[:, :, :, t]).sum(-1))  # B x G x H x nc
+        h = decay * h + drives[t][..., None] * Bts[t]
+        ys.append((h * Cts[t]).sum(-1))  # B x G x H x nc
         if keep:
             decays.append(decay)
 
@@ -113,15 +116,15 @@ def selective_scan_chunked(
     chunk_decay = torch.exp(dt.sum(-1, keepdim=True) * Ag)  # B x G x H x nc x N
     carry = h.new_zeros(batch, groups, channels // groups, state)  # B x G x H x N
     carries = []
-    for c in range(n_chunks):
+    for decay_c, h_c in zip(chunk_decay.unbind(3), h.unbind(3)):
         carries.append(carry)
-        carry = chunk_decay[:, :, :, c] * carry + h[:, :, :, c]
+        carry = decay_c * carry + h_c
     entering = torch.stack(carries, dim=3) if carries else h  # B x G x H x nc x N
 
     # 3. propagate the entering states through their chunks with no input
     for t in range(T):
         entering = (decays[t] if keep else decay_at(t)) * entering
-        ys[t] = ys[t] + (entering * Cc[:, :, :, t]).sum(-1)
+        ys[t] = ys[t] + (entering * Cts[t]).sum(-1)
 
     y = torch.stack(ys, dim=-1).reshape(batch, channels, n_chunks * T)[:, :, :length]  # B x D x L
     if D is not None:

@@ -54,7 +54,7 @@ def selective_scan_reference(
         ``(B, D, L)`` in ``u.dtype``, accumulated in float32 (float64 for float64 inputs).
     """
     ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    batch, channels, length = u.shape
+    batch, channels, _ = u.shape
     dtype_in = u.dtype
     u, delta, A = u.to(ct), delta.to(ct), A.to(ct)
     if delta_bias is not None:
@@ -65,10 +65,10 @@ def selective_scan_reference(
     Cx = expand_groups(C.to(ct), channels)  # B x D x L x N
     h = u.new_zeros(batch, channels, A.shape[1])  # B x D x N
     ys = []
-    for t in range(length):
-        decay = torch.exp(delta[:, :, t, None] * A)  # B x D x N
-        h = decay * h + (delta[:, :, t] * u[:, :, t])[..., None] * Bx[:, :, t]
-        ys.append((h * Cx[:, :, t]).sum(-1))  # B x D
+    # unbind once: indexing step t of a full tensor would cost a full-size zero gradient per step
+    for dt_t, du_t, B_t, C_t in zip(delta.unbind(-1), (delta * u).unbind(-1), Bx.unbind(2), Cx.unbind(2)):
+        h = torch.exp(dt_t[..., None] * A) * h + du_t[..., None] * B_t  # B x D x N
+        ys.append((h * C_t).sum(-1))  # B x D
     y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, channels, 0)  # B x D x L
     if D is not None:
         y = y + u * D.to(ct)[:, None]
