@@ -1,4 +1,5 @@
 """Block catalog, one module per paper family (see :func:`segblocks.list_blocks`)."""
+from segblocks.blocks.hrsam_cyclescan import CycleScan, MultiScaleCycleScan, PerScaleCycleScan
 from segblocks.blocks.proscale import (
     PROSCALE_PRESETS,
     DeformableEncoderLayer,
@@ -8,6 +9,9 @@ from segblocks.blocks.proscale import (
 )
 
 __all__ = [
+    "CycleScan",
+    "MultiScaleCycleScan",
+    "PerScaleCycleScan",
     "DeformableEncoderLayer",
     "LightPixelEmbedding",
     "PROSCALE_PRESETS",
