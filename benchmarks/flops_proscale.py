@@ -22,13 +22,13 @@ BACKBONES = {"swin_tiny": swin_tiny, "resnet50": ResNet50}
 
 
 def backbone_and_decoder_gflops(name: str, size: tuple[int, int]) -> tuple[float, float]:
-    backbone = BACKBONES[name]().eval()
+    backbone = BACKBONES[name]().eval().requires_grad_(False)
     image = torch.randn(1, 3, *size)
     g_backbone = count_gflops(lambda: backbone(image))
     h, w = size
     multi_scale = [torch.randn(1, 256, -(-h // s), -(-w // s)) for s in (32, 16, 8)]
     mask_features = torch.randn(1, 256, -(-h // 4), -(-w // 4))
-    decoder = MultiScaleMaskedTransformerDecoder(num_classes=133).eval()
+    decoder = MultiScaleMaskedTransformerDecoder(num_classes=133).eval().requires_grad_(False)
     g_decoder = count_gflops(lambda: decoder(multi_scale, mask_features))
     return g_backbone, g_decoder
 
@@ -38,7 +38,6 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"))
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     args = parser.parse_args()
-    torch.set_grad_enabled(False)
     size = tuple(args.size)
     print(f"GFLOPs at {size[0]}x{size[1]} (fvcore convention; MSDeformAttn sampling core excluded)")
     header = f"{'backbone':<10} {'model':<20} {'backbone':>9} {'Tx.Enc':>8} {'decoder':>8} {'total':>8} {'enc. Δ%':>8} {'paper Tx.Enc':>12} {'paper Δ%':>9}"

@@ -40,9 +40,14 @@ _FVCORE_EXTRA = {
 
 
 def count_gflops(fn: Callable[[], object]) -> float:
-    """GFLOPs (fvcore convention: 1 multiply-add = 1 FLOP) of running ``fn()`` without grad."""
+    """GFLOPs (fvcore convention: 1 multiply-add = 1 FLOP) of running ``fn()``.
+
+    Freeze the measured modules (``requires_grad_(False)``) to avoid building autograd graphs:
+    running under ``torch.no_grad()`` instead trips FlopCounterMode's module tracker on views of
+    parameters (torch 2.13: "Expected gradient function to be set").
+    """
     counter = FlopCounterMode(display=False, custom_mapping=_FVCORE_EXTRA)
-    with sdpa_kernel(SDPBackend.MATH), counter, torch.no_grad():
+    with sdpa_kernel(SDPBackend.MATH), counter:
         fn()
     return counter.get_total_flops() / 2e9
 
@@ -80,7 +85,7 @@ def encoder_gflops(
         in_channels=in_channels,
         encoder=encoder,
         pixel_embedding="lpe" if proscale_modules else "conv",
-    ).eval()
+    ).eval().requires_grad_(False)
     h, w = image_size
     feats = {
         f"res{i + 2}": torch.randn(1, c, -(-h // s), -(-w // s))
