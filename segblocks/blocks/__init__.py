@@ -1,4 +1,5 @@
 """Block catalog, one module per paper family (see :func:`segblocks.list_blocks`)."""
+from segblocks.blocks.hrsam_attention import FlashSwinAttention, FlexibleLocalAttention
 from segblocks.blocks.hrsam_cyclescan import CycleScan, MultiScaleCycleScan, PerScaleCycleScan
 from segblocks.blocks.proscale import (
     PROSCALE_PRESETS,
@@ -10,6 +11,8 @@ from segblocks.blocks.proscale import (
 
 __all__ = [
     "CycleScan",
+    "FlashSwinAttention",
+    "FlexibleLocalAttention",
     "MultiScaleCycleScan",
     "PerScaleCycleScan",
     "DeformableEncoderLayer",

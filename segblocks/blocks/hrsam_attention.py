@@ -179,7 +179,7 @@ class FlashSwinAttention(FlexibleLocalAttention):
             raise ValueError(f"window_size must be >= 1, got {window_size}")
         shift = window_size // 2 if shift is None else shift
         if shift not in (0, window_size // 2):
-            raise ValueError(f"Flash Swin shift must be 0 or window_size // 2 = {window_size // 2} (or None), got {shift}")
+            raise ValueError(f"Flash Swin shift must be None, 0 or window_size // 2 = {window_size // 2}, got {shift}")
         super().__init__(
             dim=dim,
             num_heads=num_heads,

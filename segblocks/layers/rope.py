@@ -32,7 +32,12 @@ def _check_head_dim(head_dim: int) -> None:
 
 
 def rope_2d_tables(
-    coords: torch.Tensor, head_dim: int, *, theta: float = 10000.0, scale: float = 0.5, dtype: torch.dtype = torch.float32
+    coords: torch.Tensor,
+    head_dim: int,
+    *,
+    theta: float = 10000.0,
+    scale: float = 0.5,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine and sine tables of the 2-D RoPE for token positions ``coords``.
 
@@ -74,7 +79,7 @@ def apply_rope_2d(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
         )
     view = (cos.shape[0],) + (1,) * (x.dim() - 2) + (cos.shape[1],)
     xc = x.to(torch.promote_types(x.dtype, cos.dtype))
-    rotated = torch.stack((-xc[..., 1::2], xc[..., 0::2]), dim=-1).flatten(-2)  # N x ... x D, authors' rotate_half
+    rotated = torch.stack((xc[..., 1::2], -xc[..., 0::2]), dim=-1).flatten(-2)  # N x ... x D, authors' rotate_half
     return (xc * cos.view(view) + rotated * sin.view(view)).to(x.dtype)
 
 
