@@ -11,9 +11,10 @@ Setting of the paper's Fig. 5: an ``h = w = 64`` token map, ``C = 768``, 12 head
   relative-position bias zeroed);
 * ``hrsam``: HRSAM's block, Flash Swin + KV-only padding + RoPE.
 
-Ratios are ``plain / impl`` (> 1: faster than plain). On CPU the Flash Swin backends are the
-dense-mask ``sdpa`` (``O(N^2)`` scores: slower than plain, not the fused path) and, if asked,
-``reference`` (a loop over windows); the fused kernels (xformers, triton, flex) need CUDA.
+Ratios are ``plain / impl`` (> 1: faster than plain). On CPU the Flash Swin backends are
+``padded`` (windows gathered into a padded batch, one SDPA call: the CPU auto choice), the
+dense-mask ``sdpa`` (``O(N^2)`` scores: slower than plain) and, if asked, ``reference`` (a loop
+over windows); the fused kernels (xformers, triton, flex) need CUDA.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_flash_swin.py            # CPU
     python benchmarks/bench_flash_swin.py --dtype float16 --iters 20    # CUDA
@@ -33,7 +34,7 @@ from segblocks.models.backbones.swin import WindowAttention, shifted_window_mask
 __all__ = ["PlainSwinAttention", "main"]
 
 CUDA_BACKENDS = ("xformers", "triton", "flex", "sdpa")
-CPU_BACKENDS = ("sdpa", "reference")
+CPU_BACKENDS = ("padded", "sdpa", "reference")
 
 
 class PlainSwinAttention(nn.Module):

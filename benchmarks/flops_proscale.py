@@ -2,7 +2,8 @@
 
     python benchmarks/flops_proscale.py [--size 800 1333] [--backbones swin_tiny resnet50]
 
-Counts (GFLOPs, one multiply-add = one FLOP, deformable sampling core excluded as in detectron2)
+Counts (GFLOPs, one multiply-add = one FLOP, deformable sampling core excluded as in detectron2;
+the input is padded to a multiple of 32 as detectron2 does, i.e. 800×1344)
 the backbone, the transformer encoder incl. pixel embedding (the whole pixel decoder) and the
 total with the masked-attention decoder (100 queries, 9 layers), next to the paper's numbers. The
 paper averages over COCO val images (shorter side 800), so absolute GFLOPs differ; the encoder
@@ -23,9 +24,9 @@ BACKBONES = {"swin_tiny": swin_tiny, "resnet50": ResNet50}
 
 def backbone_and_decoder_gflops(name: str, size: tuple[int, int]) -> tuple[float, float]:
     backbone = BACKBONES[name]().eval().requires_grad_(False)
-    image = torch.randn(1, 3, *size)
+    h, w = (-(-x // 32) * 32 for x in size)  # detectron2 pads the input to a multiple of 32
+    image = torch.randn(1, 3, h, w)
     g_backbone = count_gflops(lambda: backbone(image))
-    h, w = size
     multi_scale = [torch.randn(1, 256, -(-h // s), -(-w // s)) for s in (32, 16, 8)]
     mask_features = torch.randn(1, 256, -(-h // 4), -(-w // 4))
     decoder = MultiScaleMaskedTransformerDecoder(num_classes=133).eval().requires_grad_(False)

@@ -86,7 +86,7 @@ def encoder_gflops(
         encoder=encoder,
         pixel_embedding="lpe" if proscale_modules else "conv",
     ).eval().requires_grad_(False)
-    h, w = image_size
+    h, w = (-(-x // 32) * 32 for x in image_size)  # detectron2 pads the input to a multiple of 32
     feats = {
         f"res{i + 2}": torch.randn(1, c, -(-h // s), -(-w // s))
         for i, (c, s) in enumerate(zip(in_channels, (4, 8, 16, 32)))

@@ -155,25 +155,68 @@ def test_shifted_windows_match_swin_cyclic_shift_mask(h, w, k):
     assert torch.equal(seg[:, None] == seg[None, :], swin)
 
 
-def test_kv_padded_window_attention_end_to_end():
+def kv_padded_attention(m, q, kk, v, pad_k, pad_v, backend):
+    """Window attention through the mapping: gather, varlen_attention, back to token order."""
+    kp, vp = torch.cat([kk, pad_k]), torch.cat([v, pad_v])  # (n + 1) x H x D
+    return varlen_attention(q[m.q_indices], kp[m.kv_indices], vp[m.kv_indices], m.seqlens, backend=backend)[m.inv_indices]
+
+
+def brute_force_kv_padded_attention(q, kk, v, pad_k, pad_v, h, w, k, s, batch):
+    """Per-window softmax attention over the window's tokens plus ``k*k - len`` pad copies."""
+    H, D = q.shape[1:]
+    rows = {}
+    for win in brute_force_windows([(h, w)], k, s, batch):
+        idx = torch.tensor([i for i, _, _ in win])
+        n_pad = k * k - len(idx)
+        keys = torch.cat([kk[idx], pad_k.expand(n_pad, H, D)])  # L x H x D
+        vals = torch.cat([v[idx], pad_v.expand(n_pad, H, D)])
+        attn = torch.softmax(torch.einsum("qhd,khd->hqk", q[idx], keys) / math.sqrt(D), -1)
+        rows.update(zip(idx.tolist(), torch.einsum("hqk,khd->qhd", attn, vals)))
+    return torch.stack([rows[i] for i in range(q.shape[0])])  # token order
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "padded"])
+def test_kv_padded_window_attention_end_to_end(backend):
     """Mapping + varlen_attention == per-token attention over its window plus pad copies."""
     h, w, k, s, B, H, D = 5, 6, 3, 1, 2, 2, 4
     m = kv_padding_mapping(h, w, k, s, batch=B)
     n = B * h * w
     q, kk, v = (torch.randn(n, H, D, dtype=torch.float64) for _ in range(3))
     pad_k, pad_v = torch.randn(1, H, D, dtype=torch.float64), torch.randn(1, H, D, dtype=torch.float64)
-    out = varlen_attention(
-        q[m.q_indices], torch.cat([kk, pad_k])[m.kv_indices], torch.cat([v, pad_v])[m.kv_indices], m.seqlens, backend="sdpa"
-    )[m.inv_indices]
-    expected = torch.empty_like(q)
-    for win in brute_force_windows([(h, w)], k, s, B):
-        idx = torch.tensor([i for i, _, _ in win])
-        n_pad = k * k - len(idx)
-        keys = torch.cat([kk[idx], pad_k.expand(n_pad, H, D)])  # L x H x D
-        vals = torch.cat([v[idx], pad_v.expand(n_pad, H, D)])
-        attn = torch.softmax(torch.einsum("qhd,khd->hqk", q[idx], keys) / math.sqrt(D), -1)
-        expected[idx] = torch.einsum("hqk,khd->qhd", attn, vals)
-    torch.testing.assert_close(out, expected)
+    out = kv_padded_attention(m, q, kk, v, pad_k, pad_v, backend)
+    torch.testing.assert_close(out, brute_force_kv_padded_attention(q, kk, v, pad_k, pad_v, h, w, k, s, B))
+
+
+def mapping_tensors(m):
+    return [t for t in (m.q_indices, m.inv_indices, m.q_coords, m.kv_indices, m.kv_coords, m.seqlens.q_start) if t is not None]
+
+
+@pytest.mark.parametrize("backend", ["auto", "sdpa", "padded"])
+def test_mapped_under_inference_mode_then_trained(backend):
+    """Lightning's sanity check maps a geometry under inference_mode; training on it must work."""
+    # k=5 and these sizes are drawn by no other test here, so the lru_cache entry is fresh.
+    h, w, k, s, B, H, D = 7, 9, 5, 2, 2, 2, 3
+    n = B * h * w
+    with torch.inference_mode():
+        m = kv_padding_mapping(h, w, k, s, batch=B)
+        x = torch.randn(n, H, D)
+        kv_padded_attention(m, x, x, x, x[:1], x[:1], backend)  # fills the SeqLens caches too
+    assert kv_padding_mapping(h, w, k, s, batch=B) is m  # the cached mapping is what training gets
+    assert not any(t.is_inference() for t in mapping_tensors(m))
+    q, kk, v, pad_k, pad_v = (torch.randn(r, H, D, dtype=torch.float64, requires_grad=True) for r in (n, n, n, 1, 1))
+    inputs = (q, kk, v, pad_k, pad_v)
+    grad_out = torch.randn(n, H, D, dtype=torch.float64)
+    got = torch.autograd.grad(kv_padded_attention(m, *inputs, backend), inputs, grad_out)
+    want = torch.autograd.grad(brute_force_kv_padded_attention(*inputs, h, w, k, s, B), inputs, grad_out)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_copy_made_under_inference_mode_is_a_normal_tensor():
+    with torch.inference_mode():
+        m = multi_scale_kv_padding_mapping([(6, 11)], 5, 2, batch=3, device="cuda")
+    assert m.q_indices.is_cuda and not any(t.is_inference() for t in mapping_tensors(m))
 
 
 def test_cached_per_arguments_and_device():

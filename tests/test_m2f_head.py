@@ -682,3 +682,11 @@ def test_inference_bad_shapes():
         semantic_inference(torch.randn(3, 4), torch.randn(2, 5, 5))
     with pytest.raises(ValueError, match="mask_cls"):
         panoptic_inference(torch.randn(3), torch.randn(3, 5, 5), thing_classes=[])
+
+
+def test_criterion_rejects_targets_not_covering_the_prediction_grid():
+    criterion = SetCriterion(num_classes=3, matcher=HungarianMatcher(num_points=None), num_points=16)
+    outputs = {"pred_logits": torch.randn(1, 4, 4), "pred_masks": torch.randn(1, 4, 8, 8), "aux_outputs": []}
+    targets = [{"labels": torch.tensor([1]), "masks": torch.ones(1, 32, 40, dtype=torch.bool)}]  # not 8:8 aspect
+    with pytest.raises(ValueError, match="do not cover"):
+        criterion(outputs, targets)

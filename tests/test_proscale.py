@@ -94,7 +94,7 @@ class _Recorder(torch.nn.Module):
         self.log, self.tag = log, tag
 
     def forward(self, src, pos, ref, spatial_shapes, level_start_index):
-        self.log.append((self.tag, src.clone(), ref.clone(), spatial_shapes.tolist(), level_start_index.tolist()))
+        self.log.append((self.tag, src.clone(), ref.clone(), spatial_shapes.tolist(), level_start_index.tolist(), pos.clone()))
         return src + 1.0
 
 
@@ -117,9 +117,14 @@ def test_encoder_token_bookkeeping(layers_per_stage):
     for k, p in enumerate(layers_per_stage):
         expected_src = torch.cat([expected_src, raw[k]], 1)
         for j in range(p):
-            tag, src, ref, sp, lsi = next(calls)
+            tag, src, ref, sp, lsi, pos = next(calls)
             assert tag == (k, j)
             torch.testing.assert_close(src, expected_src)
+            # level l's tokens carry the sine embedding of level l plus level_embed[l]
+            expected_pos = torch.cat([
+                (enc.pos_embed(feats[lvl]).flatten(2).transpose(1, 2) + enc.level_embed[lvl]) for lvl in range(k + 1)
+            ], 1)
+            torch.testing.assert_close(pos, expected_pos.detach())
             assert sp == [list(s) for s in shapes[: k + 1]]
             sizes = [h * w for h, w in shapes[: k + 1]]
             assert lsi == [sum(sizes[:i]) for i in range(k + 1)]
@@ -148,6 +153,9 @@ def test_encoder_layer_counts_and_levels():
     assert [len(s) for s in m2f.stages] == [0, 0, 6]
     with pytest.raises(ValueError, match="layers_per_stage"):
         ProgressiveScaleEncoder(layers_per_stage=(0, 0, 0))
+    assert ProgressiveScaleEncoder(layers_per_stage="2-2-2", d_model=32, n_heads=4).layers_per_stage == (2, 2, 2)
+    with pytest.raises(ValueError, match="preset"):
+        ProgressiveScaleEncoder(layers_per_stage="4-4-4")
 
 
 def test_encoder_trc_applied_to_coarse_levels_only():
@@ -156,10 +164,13 @@ def test_encoder_trc_applied_to_coarse_levels_only():
     trc = enc.token_recalibration
     feats = [torch.randn(1, c, 2, 2), torch.randn(1, c, 4, 4), torch.randn(1, c, 8, 8)]
     out = enc(feats)
-    # levels untouched by any layer: level 1 is only recalibrated, level 2 (the guide) passes through
-    guide = feats[2].flatten(2).transpose(1, 2)
-    expected1 = trc(feats[1].flatten(2).transpose(1, 2), (4, 4), guide, (8, 8))
-    torch.testing.assert_close(out[1].flatten(2).transpose(1, 2), expected1)
+    # levels untouched by any layer: level 1 is only recalibrated (naive Eq. 4 on the true
+    # C x H x W layout), level 2 (the guide) passes through
+    guide = _naive_bilinear(feats[2][0].double(), 4, 4).reshape(c, -1).T  # 16 x C
+    w, b = trc.proj.weight.detach().double(), trc.proj.bias.detach().double()
+    gate = torch.sigmoid(0.1 * (guide @ w.T + b))  # 16 x 1
+    expected1 = feats[1][0].double().reshape(c, -1).T * gate
+    torch.testing.assert_close(out[1][0].double().reshape(c, -1).T, expected1)
     torch.testing.assert_close(out[2], feats[2])
 
 
@@ -191,7 +202,7 @@ def test_pixel_decoder_shapes_and_lpe():
     mask_features, ms = dec(feats)
     assert mask_features.shape == (2, 16, 13, 17)
     assert [tuple(m.shape) for m in ms] == [(2, 32, 2, 3), (2, 32, 4, 5), (2, 32, 7, 9)]
-    assert dec.uses_light_pixel_embedding
+    assert isinstance(dec.pixel_embedding, LightPixelEmbedding)
     with pytest.raises(ValueError, match="pixel_embedding"):
         MSDeformPixelDecoder(in_channels=[8, 16, 24, 40], encoder=enc, pixel_embedding="deconv", conv_dim=32)
     with pytest.raises(ValueError, match="d_model"):

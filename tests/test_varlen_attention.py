@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from segblocks.ops._dispatch import BackendUnavailable
-from segblocks.ops.varlen_attention import SeqLens, explain_varlen_attention, varlen_attention
+from segblocks.ops.varlen_attention import (
+    VARLEN_ATTENTION_BACKENDS,
+    SeqLens,
+    explain_varlen_attention,
+    varlen_attention,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -57,6 +62,7 @@ def check_grads(out, expected, q, k, v, tol):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("backend,dtype", [
     ("reference", torch.float64), ("sdpa", torch.float64), ("sdpa", torch.float32), ("triton", torch.float32),
+    ("padded", torch.float64), ("padded", torch.float32),
 ])
 def test_forward_and_grads_match_oracle(backend, dtype, case):
     q_lens, kv_lens = CASES[case]
@@ -73,7 +79,7 @@ def test_default_scale_and_head_dim_power_of_two():
     q_lens, kv_lens = [5, 3], [2, 7]
     q, k, v = make_inputs(q_lens, kv_lens, H=3, D=8)
     expected = oracle(q, k, v, q_lens, kv_lens, 8 ** -0.5)
-    for backend in ("sdpa", "triton"):
+    for backend in ("sdpa", "padded", "triton"):
         out = varlen_attention(q, k, v, q_lens, kv_lens, backend=backend)
         torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=2e-5)
 
@@ -105,7 +111,7 @@ def test_cpu_refusals_and_auto_choice():
     assert any("backward" in r for r in reasons["flex"])
     assert any("device=cpu" in r or "not installed" in r for r in reasons["xformers"])
     assert any("only used when asked" in r for r in reasons["triton"])
-    assert reasons["sdpa"] == []
+    assert reasons["padded"] == [] and reasons["sdpa"] == []
     with pytest.raises(BackendUnavailable, match="backward"):
         varlen_attention(q, k, v, [3, 2], backend="flex")
     with pytest.raises(BackendUnavailable, match="xformers"):
@@ -141,8 +147,68 @@ def test_prebuilt_seqlens_and_empty_queries():
     with pytest.raises(ValueError, match="kv_seqlens=None"):
         varlen_attention(q, k, v, s, [3, 5])
     q0 = q[:0]
-    for backend in ("sdpa", "reference", "triton"):
+    for backend in ("sdpa", "padded", "reference", "triton"):
         assert varlen_attention(q0, k, v, [0, 0], [3, 5], backend=backend).shape == (0, 2, 5)
+
+
+# Layouts the padded backend treats specially: every segment full (plain reshapes, no mask),
+# equal key lengths but an empty query segment with keys (gather, no mask), a single segment.
+PADDED_LAYOUTS = {
+    "uniform": ([4, 4, 4], [6, 6, 6]),
+    "empty_query_with_keys": ([0, 3, 3], [5, 3, 3]),
+    "single": ([7], [2]),
+    "length_one": ([1, 1, 1], [1, 4, 2]),
+}
+
+
+@pytest.mark.parametrize("case", PADDED_LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_padded_layouts_match_oracle(case, dtype):
+    q_lens, kv_lens = PADDED_LAYOUTS[case]
+    q, k, v = make_inputs(q_lens, kv_lens, H=3, D=4, dtype=dtype, grad=True)
+    out = varlen_attention(q, k, v, q_lens, kv_lens, scale=0.6, backend="padded")
+    expected = oracle(q, k, v, q_lens, kv_lens, 0.6)
+    assert out.dtype == dtype and out.shape == q.shape
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
+    check_grads(out, expected, q, k, v, tol * 5)
+
+
+def auto_choice(reasons):
+    """The backend auto dispatch runs: the first auto-eligible one without refusals."""
+    return next(b.name for b in VARLEN_ATTENTION_BACKENDS if b.auto and not reasons[b.name])
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="CPU auto choice")
+def test_auto_prefers_padded_for_windows_and_explains_dense_fallback():
+    # KV-padded windows (HRSAM §3.4): 4 windows of k*k = 9 keys with 9, 3, 3, 1 queries.
+    q_lens, kv_lens = [9, 3, 3, 1], [9, 9, 9, 9]
+    q, k, v = make_inputs(q_lens, kv_lens)
+    assert auto_choice(explain_varlen_attention(q, k, v, q_lens, kv_lens)) == "padded"
+    # Very unequal segments: the 5 x 8 x 8 padded batch is larger than the 12 x 12 dense mask.
+    q_lens, kv_lens = [1, 1, 1, 1, 8], [8, 1, 1, 1, 1]
+    q, k, v = make_inputs(q_lens, kv_lens, grad=True)
+    reasons = explain_varlen_attention(q, k, v, q_lens, kv_lens)
+    assert reasons["padded"] == ["padded batch larger than dense mask: S*Lq_max*Lkv_max = 5*8*8 = 320 > Nq*Nkv = 12*12 = 144"]
+    assert auto_choice(reasons) == "sdpa"
+    assert explain_varlen_attention(q, k, v, q_lens, kv_lens, backend="padded")["padded"] == []  # by name: runs
+    out = varlen_attention(q, k, v, q_lens, kv_lens, backend="padded")
+    expected = oracle(q, k, v, q_lens, kv_lens, 5 ** -0.5)
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=2e-5)
+    check_grads(out, expected, q, k, v, 1e-4)
+
+
+@pytest.mark.parametrize("backend", ["auto", "padded", "sdpa"])
+def test_inference_mode_then_training_on_same_seqlens(backend):
+    """Caches filled under inference_mode (Lightning's sanity check) must not break training."""
+    q_lens, kv_lens = [2, 0, 5, 1], [3, 2, 4, 4]
+    with torch.inference_mode():
+        s = SeqLens.from_seqlens(q_lens, kv_lens, device=DEVICE)
+        varlen_attention(*make_inputs(q_lens, kv_lens), s, backend=backend)
+    assert not any(t.is_inference() for t in (s.q_start, s.kv_start, *s.segment_ids()))
+    q, k, v = make_inputs(q_lens, kv_lens, grad=True)
+    out = varlen_attention(q, k, v, s, backend=backend)
+    check_grads(out, oracle(q, k, v, q_lens, kv_lens, 5 ** -0.5), q, k, v, 1e-4)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +242,7 @@ def test_bad_dtypes_and_backend_name():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("backend", ["auto", "triton", "xformers", "flex", "sdpa"])
+@pytest.mark.parametrize("backend", ["auto", "triton", "xformers", "flex", "padded", "sdpa"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_backends(backend, dtype):
     if backend == "xformers":

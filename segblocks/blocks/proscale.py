@@ -193,7 +193,8 @@ class ProgressiveScaleEncoder(nn.Module):
     (Deformable DETR), added to the queries inside every layer.
 
     Args:
-        layers_per_stage: (p1, p2, p3); one entry per level. Presets in ``PROSCALE_PRESETS``.
+        layers_per_stage: (p1, p2, p3), one entry per level, or a preset name from
+            ``PROSCALE_PRESETS`` ("1-1-1", "2-2-2", "3-3-3", "m2f").
         d_model: token channels C (256).
         n_heads, n_points, d_ffn, dropout: deformable layer settings (8, 4, 1024, 0.0).
         token_recalibration: apply a :class:`TokenRecalibration` to every level but the finest,
@@ -205,7 +206,7 @@ class ProgressiveScaleEncoder(nn.Module):
     def __init__(
         self,
         *,
-        layers_per_stage: Sequence[int] = (3, 3, 3),
+        layers_per_stage: Sequence[int] | str = (3, 3, 3),
         d_model: int = 256,
         n_heads: int = 8,
         n_points: int = 4,
@@ -216,6 +217,10 @@ class ProgressiveScaleEncoder(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
+        if isinstance(layers_per_stage, str):
+            if layers_per_stage not in PROSCALE_PRESETS:
+                raise ValueError(f"unknown PRO-SCALE preset {layers_per_stage!r}; expected one of {sorted(PROSCALE_PRESETS)}")
+            layers_per_stage = PROSCALE_PRESETS[layers_per_stage]
         layers_per_stage = tuple(int(p) for p in layers_per_stage)
         if not layers_per_stage or min(layers_per_stage) < 0 or sum(layers_per_stage) == 0:
             raise ValueError(f"layers_per_stage must be non-negative with at least one layer, got {layers_per_stage}")
@@ -231,10 +236,23 @@ class ProgressiveScaleEncoder(nn.Module):
             )
             for k, p in enumerate(layers_per_stage)
         )
-        self.level_embed = nn.Parameter(torch.empty(self.num_levels, d_model).normal_())
+        self.level_embed = nn.Parameter(torch.empty(self.num_levels, d_model))
         self.pos_embed = PositionEmbeddingSine(num_pos_feats=d_model // 2, normalize=True)
         self.token_recalibration = TokenRecalibration(dim=d_model, temperature=trc_temperature) if token_recalibration else None
         self.d_model = d_model
+        self._reset_parameters()
+
+    @torch.no_grad()
+    def _reset_parameters(self) -> None:
+        # Mask2Former's encoder init (authors' code): Xavier-uniform for every matrix, then each
+        # MSDeformAttn's own init, and N(0, 1) level embeddings.
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for module in self.modules():
+            if isinstance(module, MSDeformAttn):
+                module.reset_parameters()
+        nn.init.normal_(self.level_embed)
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """

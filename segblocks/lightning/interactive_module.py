@@ -125,7 +125,7 @@ class InteractiveSegmentation(LightningModule, abc.ABC):
     def simulate_clicks(
         self, state: Any, gt: torch.Tensor, ignore: torch.Tensor, num_clicks: int
     ) -> tuple[Clicks, torch.Tensor | None]:
-        """Steps 2 of the module docstring: the first click, then ``num_clicks`` predict → click rounds.
+        """Step 2 of the module docstring: the first click, then ``num_clicks`` predict → click rounds.
 
         Runs without gradients and with the module in eval mode (restored afterwards).
 

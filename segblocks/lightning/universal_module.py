@@ -23,6 +23,8 @@ from segblocks.models.mask2former.transformer_decoder import MultiScaleMaskedTra
 __all__ = ["UniversalSegmentation"]
 
 _NO_DECAY = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.Embedding)
+# embeddings stored as bare parameters (detectron2's WEIGHT_DECAY_EMBED = 0 covers them)
+_NO_DECAY_NAMES = ("level_embed", "query_feat", "query_embed", "relative_position_bias_table", "absolute_pos_embed")
 
 
 class UniversalSegmentation(LightningModule):
@@ -180,7 +182,7 @@ class UniversalSegmentation(LightningModule):
                 if not param.requires_grad:
                     continue
                 lr = self.hparams.lr * (self.hparams.backbone_lr_multiplier if module_name.startswith("backbone") else 1.0)
-                no_decay = isinstance(module, _NO_DECAY) or name in ("level_embed", "query_feat", "query_embed")
+                no_decay = isinstance(module, _NO_DECAY) or name in _NO_DECAY_NAMES
                 groups.setdefault((lr, 0.0 if no_decay else self.hparams.weight_decay), []).append(param)
         optimizer = torch.optim.AdamW(
             [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], lr=self.hparams.lr

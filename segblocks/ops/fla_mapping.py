@@ -40,7 +40,9 @@ segments instead of packing them into one masked window, so no mask is needed (�
 being the learnable pad token (§3.4) — this differs from Swin by design.
 
 Mappings are cached per arguments (``functools.lru_cache``); the returned tensors are shared
-between callers and must not be modified in place.
+between callers and must not be modified in place. They are built with inference mode off, so a
+geometry first mapped under ``torch.inference_mode()`` (e.g. Lightning's validation sanity
+check) can still be trained on: cached inference tensors could not be saved for backward.
 """
 from __future__ import annotations
 
@@ -122,6 +124,11 @@ def _grid_windows(h: int, w: int, k: int, s: int) -> tuple[torch.Tensor, torch.T
 
 @functools.lru_cache(maxsize=32)
 def _build_cpu(shapes: tuple[tuple[int, int], ...], k: int, s: int, batch: int, kv_padding: bool) -> FLAMapping:
+    with torch.inference_mode(False):  # cached: must not be inference tensors (module docstring)
+        return _windows_mapping(shapes, k, s, batch, kv_padding)
+
+
+def _windows_mapping(shapes: tuple[tuple[int, int], ...], k: int, s: int, batch: int, kv_padding: bool) -> FLAMapping:
     sizes = [h * w for h, w in shapes]
     per_sample = sum(sizes)
     num_tokens = batch * per_sample
@@ -167,17 +174,18 @@ def _build(
     def to(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(device)
 
-    return FLAMapping(
-        q_indices=to(m.q_indices),
-        inv_indices=to(m.inv_indices),
-        q_seqlens=m.q_seqlens,
-        q_coords=to(m.q_coords),
-        num_tokens=m.num_tokens,
-        kv_indices=to(m.kv_indices),
-        kv_seqlens=m.kv_seqlens,
-        kv_coords=to(m.kv_coords),
-        seqlens=m.seqlens.to(device),
-    )
+    with torch.inference_mode(False):  # cached per device: normal tensors, as in `_build_cpu`
+        return FLAMapping(
+            q_indices=to(m.q_indices),
+            inv_indices=to(m.inv_indices),
+            q_seqlens=m.q_seqlens,
+            q_coords=to(m.q_coords),
+            num_tokens=m.num_tokens,
+            kv_indices=to(m.kv_indices),
+            kv_seqlens=m.kv_seqlens,
+            kv_coords=to(m.kv_coords),
+            seqlens=m.seqlens.to(device),
+        )
 
 
 def _mapping(shapes, k, s, batch, kv_padding, device) -> FLAMapping:

@@ -126,7 +126,7 @@ class SetCriterion(nn.Module):
                 f"pred_logits must be (B, Q, {self.num_classes + 1}), got {tuple(logits.shape)}"
             )
         validate_targets(targets, logits.shape[0], self.num_classes)
-        targets = self._pad_targets(targets)
+        targets = self._pad_targets(targets, tuple(outputs["pred_masks"].shape[-2:]))
         num_masks = self._num_masks(targets, logits.device)
         losses = self._losses(outputs, targets, num_masks, suffix="")
         if self.deep_supervision:
@@ -179,10 +179,22 @@ class SetCriterion(nn.Module):
         return sigmoid_ce_loss(point_logits, point_labels, num_masks), dice_loss(point_logits, point_labels, num_masks)
 
     @staticmethod
-    def _pad_targets(targets: Sequence[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-        """Zero-pad every image's masks (bottom/right) to the largest mask size in the batch."""
+    def _pad_targets(
+        targets: Sequence[dict[str, torch.Tensor]], pred_size: tuple[int, int]
+    ) -> list[dict[str, torch.Tensor]]:
+        """Zero-pad every image's masks (bottom/right) to the largest mask size in the batch.
+
+        Point coordinates are normalised to the padded image, so the padded target masks must
+        cover the same field of view as the predictions (same aspect ratio, e.g. masks at the
+        padded input size and predictions at 1/4 of it).
+        """
         h = max(t["masks"].shape[-2] for t in targets)
         w = max(t["masks"].shape[-1] for t in targets)
+        if h * pred_size[1] != w * pred_size[0]:
+            raise ValueError(
+                f"target masks padded to {(h, w)} do not cover the predictions' {tuple(pred_size)} grid "
+                "(pad targets to the padded input size, as collate_panoptic does)"
+            )
         padded = []
         for t in targets:
             masks = t["masks"]

@@ -93,10 +93,6 @@ class MSDeformPixelDecoder(nn.Module):
         self.mask_dim = mask_dim
         self.conv_dim = conv_dim
 
-    @property
-    def uses_light_pixel_embedding(self) -> bool:
-        return isinstance(self.pixel_embedding, LightPixelEmbedding)
-
     def forward(self, features: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         missing = [k for k in LEVELS if k not in features]
         if missing:

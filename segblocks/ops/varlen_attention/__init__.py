@@ -18,20 +18,30 @@ triton     CUDA; CPU only under ``TRITON_INTERPRET=1`` and only   fp32, fp16 (+ 
            when named; ``D <= 128``
 flex       FlexAttention + document ``BlockMask``; CUDA, and CPU  all floating
            only when named and without gradients (no CPU backward)
+padded     segments gathered into a padded ``(S, L_max)`` batch,    all floating
+           one ``F.scaled_dot_product_attention`` call with a
+           key-padding mask; scores ``O(S * Lq_max * Lkv_max)``
 sdpa       dense boolean block-diagonal mask +                    all floating
-           ``F.scaled_dot_product_attention``: the CPU path,
-           ``O(Nq * Nkv)`` mask memory
+           ``F.scaled_dot_product_attention``; ``O(Nq * Nkv)``
 reference  a Python loop over segments (the oracle); only by name  all floating
 =========  =====================================================  ===========================
 
 Why this order: xformers' tuned kernels first where present (as in the authors' code), then
 the Triton kernel (flash-attention style, fused, memory ``O(N)``), then FlexAttention (fused
-only under ``torch.compile``; eager it materialises the scores), then the dense mask.
+only under ``torch.compile``; eager it materialises the scores), then the two unfused SDPA
+paths — the CPU path, and the CUDA fallback. Between those two, auto takes ``padded`` when
+``S * Lq_max * Lkv_max <= Nq * Nkv`` (``S`` = segments with queries, ``L*_max`` their longest
+lengths; e.g. windows), i.e. when its score tensor is no larger than the dense mask, and
+``sdpa`` otherwise (very unequal segments); ``backend="padded"`` runs it regardless.
+
+Derived tensors (segment ids, padded-batch indices, block tables) are cached on the
+:class:`SeqLens` and built with inference mode off (:meth:`SeqLens.cached`), so a geometry first
+seen under ``torch.inference_mode()`` (e.g. Lightning's validation sanity check) still trains.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
@@ -106,11 +116,14 @@ class SeqLens:
             )
         q_py, kv_py = _starts(q), _starts(kv)
         device = torch.device(device if device is not None else "cpu")
+        with torch.inference_mode(False):  # see `cached`: these live as long as the description
+            q_start = torch.tensor(q_py, dtype=torch.int32, device=device)
+            kv_start = torch.tensor(kv_py, dtype=torch.int32, device=device)
         return cls(
             q_seqlens=q,
             kv_seqlens=kv,
-            q_start=torch.tensor(q_py, dtype=torch.int32, device=device),
-            kv_start=torch.tensor(kv_py, dtype=torch.int32, device=device),
+            q_start=q_start,
+            kv_start=kv_start,
             q_start_py=q_py,
             kv_start_py=kv_py,
             max_q_seqlen=max(q, default=0),
@@ -139,14 +152,38 @@ class SeqLens:
             return self
         return SeqLens.from_seqlens(self.q_seqlens, self.kv_seqlens, device=device)
 
+    def cached(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """``build()`` memoised on this description under ``key`` (per-backend derived data).
+
+        Built with inference mode off: a tensor first made under ``torch.inference_mode()`` and
+        cached would be an inference tensor, and a later training step saving it for backward
+        (e.g. as a gather index) fails with "Inference tensors cannot be saved for backward".
+        """
+        if key not in self._cache:
+            with torch.inference_mode(False):
+                self._cache[key] = build()
+        return self._cache[key]
+
+    @property
+    def padded_shape(self) -> tuple[int, int, int]:
+        """``(S, Lq_max, Lkv_max)`` of the padded batch over the ``S`` segments with queries."""
+
+        def build() -> tuple[int, int, int]:
+            kept = [i for i, n in enumerate(self.q_seqlens) if n > 0]
+            return len(kept), self.max_q_seqlen, max((self.kv_seqlens[i] for i in kept), default=0)
+
+        return self.cached("padded_shape", build)
+
     def segment_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Segment index of every query ``(Nq,)`` and every key ``(Nkv,)`` (long, on ``device``)."""
-        if "segment_ids" not in self._cache:
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
             seg = torch.arange(self.num_segments, device=self.device)
             q_ids = seg.repeat_interleave(torch.tensor(self.q_seqlens, device=self.device), output_size=self.total_q)
             kv_ids = seg.repeat_interleave(torch.tensor(self.kv_seqlens, device=self.device), output_size=self.total_kv)
-            self._cache["segment_ids"] = (q_ids, kv_ids)
-        return self._cache["segment_ids"]
+            return q_ids, kv_ids
+
+        return self.cached("segment_ids", build)
 
     def materialize(self, device=None) -> torch.Tensor:
         """Dense boolean mask ``(Nq, Nkv)``, True where attention is allowed.
@@ -157,7 +194,7 @@ class SeqLens:
         return q_ids[:, None] == kv_ids[None, :]  # Nq x Nkv
 
 
-def _flex_check(q: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto") -> list[str]:
+def _flex_check(q: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto", **_: Any) -> list[str]:
     if q.device.type != "cpu":
         return []
     reasons = []
@@ -170,7 +207,7 @@ def _flex_check(q: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto"
     return reasons
 
 
-def _triton_check(q: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto") -> list[str]:
+def _triton_check(q: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto", **_: Any) -> list[str]:
     reasons = triton_usable(q.device)
     if q.device.type == "cpu":
         if q.dtype == torch.bfloat16:
@@ -180,6 +217,18 @@ def _triton_check(q: torch.Tensor, *tensors: torch.Tensor, requested: str = "aut
     if q.shape[-1] > _TRITON_MAX_HEAD_DIM:
         reasons.append(f"head dim D={q.shape[-1]} > {_TRITON_MAX_HEAD_DIM} (one D-wide register tile per block)")
     return reasons
+
+
+def _padded_check(*tensors: torch.Tensor, seqlens: SeqLens, requested: str = "auto") -> list[str]:
+    if requested != "auto":
+        return []
+    s, lq, lkv = seqlens.padded_shape
+    if s * lq * lkv > seqlens.total_q * seqlens.total_kv:
+        return [
+            f"padded batch larger than dense mask: S*Lq_max*Lkv_max = {s}*{lq}*{lkv} = {s * lq * lkv} > "
+            f"Nq*Nkv = {seqlens.total_q}*{seqlens.total_kv} = {seqlens.total_q * seqlens.total_kv}"
+        ]
+    return []
 
 
 VARLEN_ATTENTION_BACKENDS: tuple[Backend, ...] = (
@@ -197,6 +246,7 @@ VARLEN_ATTENTION_BACKENDS: tuple[Backend, ...] = (
         check=_triton_check,
     ),
     Backend(name="flex", loader="segblocks.ops.varlen_attention.flex:varlen_attention_flex", check=_flex_check),
+    Backend(name="padded", loader="segblocks.ops.varlen_attention.padded:varlen_attention_padded", check=_padded_check),
     Backend(name="sdpa", loader="segblocks.ops.varlen_attention.sdpa:varlen_attention_sdpa"),
     Backend(name="reference", loader="segblocks.ops.varlen_attention.naive:varlen_attention_reference", auto=False),
 )
@@ -241,8 +291,8 @@ def explain_varlen_attention(
     backend: str = "auto",
 ) -> dict[str, list[str]]:
     """Why each backend would (empty list) or would not run these inputs with ``backend=``."""
-    _prepare(q, k, v, q_seqlens, kv_seqlens)
-    return explain("varlen_attention", VARLEN_ATTENTION_BACKENDS, (q, k, v), requested=backend)
+    seqlens = _prepare(q, k, v, q_seqlens, kv_seqlens)
+    return explain("varlen_attention", VARLEN_ATTENTION_BACKENDS, (q, k, v), seqlens=seqlens, requested=backend)
 
 
 def varlen_attention(
@@ -278,7 +328,7 @@ def varlen_attention(
     """
     seqlens = _prepare(q, k, v, q_seqlens, kv_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    fn = dispatch("varlen_attention", VARLEN_ATTENTION_BACKENDS, (q, k, v), backend, requested=backend)
+    fn = dispatch("varlen_attention", VARLEN_ATTENTION_BACKENDS, (q, k, v), backend, seqlens=seqlens, requested=backend)
     if seqlens.total_q == 0:
         return q.clone()  # no query rows: nothing to compute (some kernels reject empty launches)
     return fn(q, k, v, seqlens, scale)
