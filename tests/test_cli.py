@@ -15,7 +15,7 @@ RECIPES = ["pro_scale.yaml", "mask2former.yaml"]  # panoptic recipes; interactiv
 pytestmark = pytest.mark.slow
 
 
-def _tiny_args(tmp_path: Path) -> list[str]:
+def _tiny_args(tmp_path: Path, cache_dir: Path | None = None) -> list[str]:
     return [
         f"--trainer.default_root_dir={tmp_path}",
         "--trainer.max_steps=2",
@@ -28,7 +28,7 @@ def _tiny_args(tmp_path: Path) -> list[str]:
         "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
         f"--trainer.callbacks.dirpath={tmp_path}/ckpt",
         "--trainer.callbacks.save_last=true",
-        f"--data.cache_dir={tmp_path}/cache",
+        f"--data.cache_dir={cache_dir or tmp_path / 'cache'}",
         "--data.synthetic_num_train=4",
         "--data.synthetic_num_val=2",
         "--data.batch_size=2",
@@ -58,16 +58,27 @@ def _csv_metrics(tmp_path: Path) -> list[dict]:
     return rows
 
 
+def _val_metrics(rows: list[dict]) -> dict[str, float]:
+    last = [r for r in rows if r.get("val/PQ")][-1]
+    return {k: float(v) for k, v in last.items() if k.startswith("val/") and v not in ("", "nan")}
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_fit_then_validate(recipe, tmp_path):
-    _run(["fit", "-c", f"recipes/{recipe}", *_tiny_args(tmp_path)], "lightning")
-    ckpt = tmp_path / "ckpt" / "last.ckpt"
+def test_recipe_fit_then_validate_reproduces_metrics(recipe, tmp_path):
+    fit_dir, val_dir = tmp_path / "fit", tmp_path / "validate"
+    _run(["fit", "-c", f"recipes/{recipe}", *_tiny_args(fit_dir, tmp_path / "cache")], "lightning")
+    ckpt = fit_dir / "ckpt" / "last.ckpt"
     assert ckpt.is_file()
-    rows = _csv_metrics(tmp_path)
+    rows = _csv_metrics(fit_dir)
     assert any(r.get("train/loss") for r in rows), rows
-    assert any(r.get("val/PQ") for r in rows), rows
-    out = _run(["validate", "-c", f"recipes/{recipe}", *_tiny_args(tmp_path), f"--ckpt_path={ckpt}"])
-    assert "PQ" in out.stdout + out.stderr
+    fit_metrics = _val_metrics(rows)
+    assert {"val/PQ", "val/SQ", "val/RQ", "val/mIoU"} <= set(fit_metrics)
+    out = _run(["validate", "-c", f"recipes/{recipe}", *_tiny_args(val_dir, tmp_path / "cache"), f"--ckpt_path={ckpt}"])
+    assert "PQ" in out.stdout
+    val_metrics = _val_metrics(_csv_metrics(val_dir))
+    assert val_metrics.keys() == fit_metrics.keys()
+    for key, value in fit_metrics.items():
+        assert val_metrics[key] == pytest.approx(value, abs=1e-4), key
 
 
 def test_print_config_composes_coco_recipe(tmp_path):

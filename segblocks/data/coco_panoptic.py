@@ -103,6 +103,9 @@ class COCOPanopticDataset(Dataset):
         transform: called as ``transform(image, segments)`` with image (H, W, 3) uint8 and the
             segment index map (H, W) int32 (0 = void, ``k`` = k-th target segment); returns both
             transformed (see :mod:`segblocks.data.transforms`).
+        keep_original_targets: also return ``orig_labels`` / ``orig_masks`` at the file's
+            resolution, for evaluation at the original size (Mask2Former/detectron2 protocol)
+            when the eval transform resizes.
     """
 
     def __init__(
@@ -113,7 +116,9 @@ class COCOPanopticDataset(Dataset):
         annotation_file: str | os.PathLike,
         categories_file: str | os.PathLike | None = None,
         transform: PanopticTransform | None = None,
+        keep_original_targets: bool = False,
     ) -> None:
+        self.keep_original_targets = keep_original_targets
         self.image_dir = Path(image_dir)
         self.panoptic_dir = Path(panoptic_dir)
         self.annotation_file = Path(annotation_file)
@@ -159,15 +164,23 @@ class COCOPanopticDataset(Dataset):
         segments = np.zeros(ids.shape, dtype=np.int32)  # crowd and unlisted ids stay void
         for k, (segment_id, _) in enumerate(rec["targets"], start=1):
             segments[ids == segment_id] = k
+        labels = torch.tensor([label for _, label in rec["targets"]], dtype=torch.long)
+        sample = {}
+        if self.keep_original_targets:
+            sample["orig_labels"], sample["orig_masks"] = _segment_masks(segments, labels)
         if self.transform is not None:
             image, segments = self.transform(image, segments)
-        labels = torch.tensor([label for _, label in rec["targets"]], dtype=torch.long)
-        masks = torch.from_numpy(segments)[None] == torch.arange(1, len(labels) + 1, dtype=torch.int32)[:, None, None]  # N x H x W
-        keep = masks.flatten(1).any(dim=1)  # segments that vanished (cropped out, or absent) are no targets
+        sample["labels"], sample["masks"] = _segment_masks(segments, labels)
         return {
             "image": torch.tensor(image.transpose(2, 0, 1), dtype=torch.float32),  # 3 x H x W
-            "labels": labels[keep],
-            "masks": masks[keep],
             "image_id": rec["image_id"],
             "orig_size": (int(orig_size[0]), int(orig_size[1])),
+            **sample,
         }
+
+
+def _segment_masks(segments: np.ndarray, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index map (H, W) with 0 = void, k = k-th segment → (labels, masks (N, H, W)) of non-empty segments."""
+    masks = torch.from_numpy(segments)[None] == torch.arange(1, len(labels) + 1, dtype=torch.int32)[:, None, None]  # N x H x W
+    keep = masks.flatten(1).any(dim=1)  # segments that vanished (cropped out, or absent) are no targets
+    return labels[keep], masks[keep]

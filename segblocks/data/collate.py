@@ -23,7 +23,8 @@ def collate_panoptic(samples: Sequence[dict[str, Any]], *, size_divisibility: in
     Returns:
         dict with ``images`` (B, 3, H, W) float32, ``image_sizes`` (B, 2) int64 valid (h, w),
         ``targets`` list of ``{"labels": (N_i,), "masks": (N_i, H, W) bool}``, ``image_ids``
-        list, and ``orig_sizes`` (B, 2) int64 when every sample has ``orig_size``.
+        list, ``orig_sizes`` (B, 2) int64 when every sample has ``orig_size``, and
+        ``orig_targets`` (unpadded, original resolution) when every sample has ``orig_masks``.
     """
     if not samples:
         raise ValueError("collate_panoptic needs at least one sample, received an empty batch")
@@ -51,4 +52,6 @@ def collate_panoptic(samples: Sequence[dict[str, Any]], *, size_divisibility: in
     batch = {"images": images, "image_sizes": sizes, "targets": targets, "image_ids": [s["image_id"] for s in samples]}
     if all("orig_size" in s for s in samples):
         batch["orig_sizes"] = torch.tensor([tuple(s["orig_size"]) for s in samples], dtype=torch.long)  # B x 2
+    if all("orig_masks" in s for s in samples):  # evaluation targets at the original resolution, unpadded
+        batch["orig_targets"] = [{"labels": s["orig_labels"].long(), "masks": s["orig_masks"]} for s in samples]
     return batch

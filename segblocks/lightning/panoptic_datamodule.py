@@ -4,7 +4,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from ..data.coco_panoptic import COCOPanopticDataset, load_json
@@ -139,7 +141,7 @@ class PanopticDataModule(LightningDataModule):
         """Generate the synthetic dataset once (no-op for real data)."""
         self._root()
 
-    def _dataset(self, split: str, transform) -> COCOPanopticDataset:
+    def _dataset(self, split: str, transform, keep_original_targets: bool = False) -> COCOPanopticDataset:
         root = self._root()
         paths = _SYNTHETIC_SPLITS[split] if self.hparams.root is None else self.splits[split]
         categories = self.hparams.categories_file
@@ -149,6 +151,7 @@ class PanopticDataModule(LightningDataModule):
             annotation_file=root / paths["json"],
             categories_file=None if categories is None or self.hparams.root is None else root / categories,
             transform=transform,
+            keep_original_targets=keep_original_targets,
         )
         if dataset.meta != self.meta:  # the model was built for self.meta
             raise ValueError(f"categories of {dataset.annotation_file} differ from those of the val split; set categories_file")
@@ -161,16 +164,25 @@ class PanopticDataModule(LightningDataModule):
             train_tf = PanopticTrainTransform(crop_size=hp.crop_size, scale_range=tuple(hp.scale_range))
             self.train_dataset = self._dataset("train", train_tf)
         if self.val_dataset is None:
-            self.val_dataset = self._dataset("val", PanopticEvalTransform(short_side=hp.eval_size, max_size=hp.eval_max_size))
+            # Metrics are scored at each image's original resolution when the eval transform resizes.
+            resizes = hp.eval_size is not None or hp.eval_max_size is not None
+            eval_tf = PanopticEvalTransform(short_side=hp.eval_size, max_size=hp.eval_max_size)
+            self.val_dataset = self._dataset("val", eval_tf, keep_original_targets=resizes)
 
     def _loader(self, dataset: COCOPanopticDataset | None, *, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("PanopticDataModule.setup() must run before asking for dataloaders")
         hp = self.hparams
+        sampler = None
+        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning's default DistributedSampler pads the split with repeated images, which
+            # would count them twice in PQ/mIoU/AP; this sampler gives each image to one rank.
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train and len(dataset) >= hp.batch_size,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,

@@ -131,6 +131,7 @@ class UniversalSegmentation(LightningModule):
         return loss
 
     def _predict(self, batch: dict) -> list[dict]:
+        """Predictions at the original image size when the batch carries original-size targets."""
         return self.model.postprocess(
             self.model(batch["images"]),
             tuple(batch["images"].shape[-2:]),
@@ -139,14 +140,18 @@ class UniversalSegmentation(LightningModule):
             tasks=self.eval_tasks,
             object_mask_threshold=self.hparams.object_mask_threshold,
             overlap_threshold=self.hparams.overlap_threshold,
+            output_sizes=batch["orig_sizes"] if "orig_targets" in batch else None,
         )
 
     def _evaluate(self, batch: dict, metrics: nn.ModuleDict) -> None:
         preds = self._predict(batch)
-        targets = [
-            (t["labels"], t["masks"][:, :h, :w])
-            for t, (h, w) in zip(batch["targets"], batch["image_sizes"].tolist())
-        ]
+        if "orig_targets" in batch:
+            targets = [(t["labels"], t["masks"]) for t in batch["orig_targets"]]
+        else:
+            targets = [
+                (t["labels"], t["masks"][:, :h, :w])
+                for t, (h, w) in zip(batch["targets"], batch["image_sizes"].tolist())
+            ]
         for task, metric in metrics.items():
             metric.update([p[task] for p in preds], targets)
 

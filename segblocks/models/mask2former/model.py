@@ -82,8 +82,12 @@ class Mask2Former(nn.Module):
         object_mask_threshold: float = 0.8,
         overlap_threshold: float = 0.8,
         test_topk_per_image: int = 100,
+        output_sizes: torch.Tensor | None = None,
     ) -> list[dict]:
         """Per-image predictions cropped to each ``image_sizes[i] = (h, w)``.
+
+        With ``output_sizes`` (B, 2), the cropped mask logits are then resized (bilinear) to each
+        image's original size before inference, as Mask2Former evaluates.
 
         Returns a list of dicts with the requested keys: ``panoptic`` = (panoptic_seg (h, w),
         segments_info), ``semantic`` = (K, h, w) scores, ``instance`` = dict(masks, scores, labels).
@@ -93,8 +97,11 @@ class Mask2Former(nn.Module):
             raise ValueError(f"unknown tasks {sorted(unknown)}; expected panoptic, semantic, instance")
         masks = self.upsample_masks(outputs["pred_masks"], padded_size)
         results = []
-        for cls, mask, (h, w) in zip(outputs["pred_logits"], masks, image_sizes.tolist()):
+        out_sizes = image_sizes if output_sizes is None else output_sizes
+        for cls, mask, (h, w), out_size in zip(outputs["pred_logits"], masks, image_sizes.tolist(), out_sizes.tolist()):
             mask = mask[:, :h, :w]  # Q x h x w
+            if tuple(out_size) != (h, w):
+                mask = F.interpolate(mask[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
             result = {}
             if "semantic" in tasks:
                 result["semantic"] = semantic_inference(cls, mask)
