@@ -326,7 +326,8 @@ class TinyConvModule(InteractiveSegmentation):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.net = torch.nn.Sequential(torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 3, padding=1))
+        nn = torch.nn
+        self.net = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
         self.calls = []
 
     def encode(self, images, valid_size):
@@ -396,7 +397,8 @@ def _soft_iou_after_first_click(module: SamInteractive, batch: dict) -> float:
     module.eval()
     with torch.no_grad():
         state = module.encode(batch["image"], batch["valid_size"])
-        prob = logits_to_input(module.decode(state, ClickPrompts(clicks=clicks, frame_size=size, input_size=size), None), (H, W))
+        logits = module.decode(state, ClickPrompts(clicks=clicks, frame_size=size, input_size=size), None)
+        prob = logits_to_input(logits, (H, W))
     module.train()
     prob, target = prob[:, 0].double().sigmoid(), gt.double()
     return ((prob * target).sum() / (prob + target - prob * target).sum()).item()

@@ -169,19 +169,16 @@ def _config(head_dim: int, dtype: torch.dtype) -> dict:
 
 def _block_table(seqlens, side: str, block: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(segment id, first row)`` of every ``block``-row tile of the ``side`` ("q"/"kv") segments."""
-    key = ("triton_blocks", side, block, device)
-    if key not in seqlens._cache:
+    def build():
         starts = seqlens.q_start_py if side == "q" else seqlens.kv_start_py
         seg, row = [], []
         for i, (lo, hi) in enumerate(zip(starts, starts[1:])):
             for r in range(lo, hi, block):
                 seg.append(i)
                 row.append(r)
-        seqlens._cache[key] = (
-            torch.tensor(seg, dtype=torch.int32, device=device),
-            torch.tensor(row, dtype=torch.int32, device=device),
-        )
-    return seqlens._cache[key]
+        return torch.tensor(seg, dtype=torch.int32, device=device), torch.tensor(row, dtype=torch.int32, device=device)
+
+    return seqlens.cached(("triton_blocks", side, block, device), build)
 
 
 def _device_ctx(t: torch.Tensor):

@@ -7,6 +7,7 @@ from segblocks.interactive.clicker import (
     sample_num_clicks,
 )
 from segblocks.interactive.encodings import clicks_to_points, disk_maps, longest_side_shape, scale_points
+from segblocks.interactive.protocol import ClickPrompts, InteractiveModel, logits_to_input
 from segblocks.interactive.ref_label import (
     RefLabel,
     initial_ref_label,
@@ -16,12 +17,15 @@ from segblocks.interactive.ref_label import (
 )
 
 __all__ = [
+    "ClickPrompts",
     "Clicks",
+    "InteractiveModel",
     "RefLabel",
     "TRAIN_INNER_K",
     "clicks_to_points",
     "disk_maps",
     "initial_ref_label",
+    "logits_to_input",
     "longest_side_shape",
     "next_click",
     "points_to_ref_label",

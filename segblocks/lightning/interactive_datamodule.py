@@ -116,7 +116,8 @@ class InteractiveDataModule(LightningDataModule):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
             raise ValueError(
-                f"need batch_size >= 1, eval_batch_size >= 1, num_workers >= 0; got {batch_size}, {eval_batch_size}, {num_workers}"
+                "need batch_size >= 1, eval_batch_size >= 1, num_workers >= 0; "
+                f"got {batch_size}, {eval_batch_size}, {num_workers}"
             )
         if layout is not None and layout not in EVAL_LAYOUTS:
             raise ValueError(f"layout must be one of {EVAL_LAYOUTS}; got {layout!r}")

@@ -166,7 +166,8 @@ class InteractiveSegmentation(LightningModule, abc.ABC):
         state = self.encode(images, batch["valid_size"])
         clicks, previous = self.simulate_clicks(state, gt, ignore, k)
         size = torch.tensor([[H, W]], device=gt.device).expand(B, 2)
-        logits = logits_to_input(self.decode(state, ClickPrompts(clicks=clicks, frame_size=size, input_size=size), previous), (H, W))
+        prompts = ClickPrompts(clicks=clicks, frame_size=size, input_size=size)
+        logits = logits_to_input(self.decode(state, prompts, previous), (H, W))  # B x 1 x H x W
         target = torch.where(ignore, torch.full_like(gt, 255, dtype=torch.long), gt.long())  # B x H x W
         nfl = normalized_focal_loss(logits, target)
         loss = nfl

@@ -17,13 +17,13 @@ xformers   CUDA with xformers installed (the authors' kernel)     fp32, fp16, bf
 triton     CUDA; CPU only under ``TRITON_INTERPRET=1`` and only   fp32, fp16 (+ bf16 on CUDA)
            when named; ``D <= 128``
 flex       FlexAttention + document ``BlockMask``; CUDA, and CPU  all floating
-           only when named and without gradients (no CPU backward)
-padded     segments gathered into a padded ``(S, L_max)`` batch,    all floating
-           one ``F.scaled_dot_product_attention`` call with a
-           key-padding mask; scores ``O(S * Lq_max * Lkv_max)``
+           only when named, without gradients (no CPU backward)
+padded     segments gathered into a padded batch, one             all floating
+           ``F.scaled_dot_product_attention`` call with a
+           key-padding mask; ``O(S * Lq_max * Lkv_max)`` scores
 sdpa       dense boolean block-diagonal mask +                    all floating
            ``F.scaled_dot_product_attention``; ``O(Nq * Nkv)``
-reference  a Python loop over segments (the oracle); only by name  all floating
+reference  Python loop over segments (the oracle); only by name   all floating
 =========  =====================================================  ===========================
 
 Why this order: xformers' tuned kernels first where present (as in the authors' code), then
@@ -34,9 +34,9 @@ paths — the CPU path, and the CUDA fallback. Between those two, auto takes ``p
 lengths; e.g. windows), i.e. when its score tensor is no larger than the dense mask, and
 ``sdpa`` otherwise (very unequal segments); ``backend="padded"`` runs it regardless.
 
-Derived tensors (segment ids, padded-batch indices, block tables) are cached on the
-:class:`SeqLens` and built with inference mode off (:meth:`SeqLens.cached`), so a geometry first
-seen under ``torch.inference_mode()`` (e.g. Lightning's validation sanity check) still trains.
+Derived tensors (segment ids, padded-batch indices) are cached on the :class:`SeqLens` through
+:meth:`SeqLens.cached`, which builds them with inference mode off, so a geometry first seen under
+``torch.inference_mode()`` (e.g. Lightning's validation sanity check) still trains.
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class SeqLens:
     kv_start_py: tuple[int, ...]
     max_q_seqlen: int
     max_kv_seqlen: int
-    # Per-backend derived data (block tables, masks), filled on first use.
+    # Per-backend derived data (index tensors, block tables), filled on first use via `cached`.
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod

@@ -16,17 +16,17 @@ __all__ = ["varlen_attention_flex"]
 def _block_mask(seqlens: SeqLens, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    key = ("flex_block_mask", device)
-    if key not in seqlens._cache:
+    def build():
         q_ids, kv_ids = seqlens.to(device).segment_ids()
 
         def same_segment(b, h, q_idx, kv_idx):
             return q_ids[q_idx] == kv_ids[kv_idx]
 
-        seqlens._cache[key] = create_block_mask(
+        return create_block_mask(
             same_segment, B=None, H=None, Q_LEN=seqlens.total_q, KV_LEN=seqlens.total_kv, device=device
         )
-    return seqlens._cache[key]
+
+    return seqlens.cached(("flex_block_mask", device), build)
 
 
 def varlen_attention_flex(

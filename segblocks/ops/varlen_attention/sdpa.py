@@ -1,7 +1,7 @@
 """Dense-mask varlen attention: ``F.scaled_dot_product_attention`` with a block-diagonal mask.
 
-The CPU training path (SDPA has a backward everywhere). The boolean mask costs ``Nq * Nkv``
-bytes, so it suits windows of a few thousand tokens, not a 4K image's full sequence.
+Differentiable everywhere. The boolean mask and the scores cost ``O(Nq * Nkv)``, so ``auto``
+prefers the ``padded`` backend unless its padded batch would be larger (very unequal segments).
 """
 from __future__ import annotations
 
