@@ -7,7 +7,8 @@ import segblocks
 
 def test_import_segblocks_loads_no_optional_backend():
     code = (
-        "import sys, segblocks, segblocks.ops, segblocks.blocks, segblocks.models.mask2former, segblocks.metrics, segblocks.data; "
+        "import sys, segblocks, segblocks.ops, segblocks.blocks, segblocks.models.mask2former, segblocks.models.sam, "
+        "segblocks.metrics, segblocks.data, segblocks.data.interactive, segblocks.interactive, segblocks.losses; "
         "bad = [m for m in ('triton', 'xformers', 'mamba_ssm', 'albumentations', 'lightning') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
