@@ -22,7 +22,6 @@ over windows); the fused kernels (xformers, triton, flex) need CUDA.
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import torch
@@ -30,6 +29,7 @@ from torch import nn
 
 from segblocks.blocks.hrsam_attention import FlashSwinAttention
 from segblocks.models.backbones.swin import WindowAttention, shifted_window_mask, window_partition, window_unpartition
+from _timing import time_ms  # benchmarks/_timing.py (the script folder is on sys.path)
 
 __all__ = ["PlainSwinAttention", "main"]
 
@@ -59,20 +59,6 @@ class PlainSwinAttention(nn.Module):
         return torch.roll(out, shifts=(s, s), dims=(1, 2)).reshape(b, h * w, c)  # B x hw x C
 
 
-def _time_ms(fn, device: torch.device, iters: int) -> float:
-    fn()  # warm-up (kernel compilation, autotuning, mask caches)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]  # median
-
-
 def _measure(module, x, shapes, grad, device, iters) -> tuple[float | str, float | str]:
     """Median forward and forward+backward ms; a pass a backend cannot run gives its reason."""
 
@@ -86,7 +72,7 @@ def _measure(module, x, shapes, grad, device, iters) -> tuple[float | str, float
     times = []
     for fn in (fwd, fwd_bwd):
         try:
-            times.append(_time_ms(fn, device, iters))
+            times.append(time_ms(fn, device, iters))
         except Exception as exc:  # e.g. FlexAttention has no CPU backward: report it, keep going
             times.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1].strip()[:80]}")
     return times[0], times[1]

@@ -83,11 +83,15 @@ def main(argv: list[str] | None = None) -> None:
     backend = args.attn_backend or ("reference" if cpu else "auto")
     dtype = getattr(torch, args.dtype)
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}; dtype {args.dtype}; median of {iters} run(s) after a warm-up")
     print(f"width {embed_dim}, {num_heads} heads, depth 12 (4 stages x 3), patch 16, window 16; attention backend {backend!r}")
     if embed_dim != 768:
-        print(f"NOTE: reduced width {embed_dim} instead of ViT-B's 768 (full ViT-B global attention at 2048² is too slow here)")
+        print(f"NOTE: reduced width {embed_dim} instead of ViT-B's 768 "
+              "(full ViT-B global attention at 2048² is too slow here)")
 
     torch.manual_seed(0)
     encoders = {k: m.to(device=device, dtype=dtype).eval() for k, m in build_encoders(
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
                 results[size][row] = f"failed: {str(err).splitlines()[0][:60]}"
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-            print(f"  {size}² {row}: {results[size][row] if isinstance(results[size][row], str) else f'{results[size][row]:.1f} ms'}", flush=True)
+            value = results[size][row]
+            print(f"  {size}² {row}: {value if isinstance(value, str) else f'{value:.1f} ms'}", flush=True)
 
     header = f"{'encoder':<12}" + "".join(f"{f'{s}² ms':>12}{'global/row':>12}" for s in args.sizes)
     print("\n" + header + "\n" + "-" * len(header))

@@ -10,11 +10,11 @@ Triton kernel needs CUDA; the CPU interpreter is a test tool, not a fast path).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from segblocks.ops.ms_deform_attn import ms_deform_attn
+from _timing import time_ms  # benchmarks/_timing.py (the script folder is on sys.path)
 
 __all__ = ["main"]
 
@@ -29,20 +29,6 @@ def _inputs(batch: int, image: int, dtype: torch.dtype, device: torch.device):
     loc = torch.rand(batch, S, M, L, P, 2, device=device, dtype=dtype, requires_grad=True)
     attn = torch.rand(batch, S, M, L, P, device=device, dtype=dtype).softmax(-1).requires_grad_()
     return value, spatial_shapes, level_start_index, loc, attn
-
-
-def _time_ms(fn, device: torch.device, iters: int) -> float:
-    fn()  # warm-up (Triton compiles and autotunes here)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]  # median
 
 
 def main() -> None:
@@ -64,8 +50,8 @@ def main() -> None:
         print("triton: skipped (needs CUDA)")
     results = {}
     for backend in backends:
-        fwd = _time_ms(lambda: ms_deform_attn(*inputs, backend=backend), device, args.iters)
-        fwd_bwd = _time_ms(lambda: ms_deform_attn(*inputs, backend=backend).backward(grad), device, args.iters)
+        fwd = time_ms(lambda: ms_deform_attn(*inputs, backend=backend), device, args.iters)
+        fwd_bwd = time_ms(lambda: ms_deform_attn(*inputs, backend=backend).backward(grad), device, args.iters)
         results[backend] = (fwd, fwd_bwd)
         print(f"{backend:>8}: forward {fwd:8.3f} ms | forward+backward {fwd_bwd:8.3f} ms")
     if "triton" in results:

@@ -11,12 +11,12 @@ On CPU the mamba kernel is skipped (it needs CUDA and ``mamba_ssm``).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from segblocks.ops._dispatch import module_available
 from segblocks.ops.selective_scan import selective_scan
+from _timing import time_ms  # benchmarks/_timing.py (the script folder is on sys.path)
 
 __all__ = ["main"]
 
@@ -32,20 +32,6 @@ def _inputs(batch: int, dim: int, state: int, length: int, dtype: torch.dtype, d
     D = torch.ones(dim, device=device, requires_grad=True)
     delta_bias = torch.full((dim,), -3.0, device=device, requires_grad=True)  # softplus ≈ 0.05, Mamba's range
     return u, delta, A, B, C, D, None, delta_bias, True
-
-
-def _time_ms(fn, device: torch.device, iters: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]  # median
 
 
 def main() -> None:
@@ -75,8 +61,8 @@ def main() -> None:
     grad = torch.randn(args.batch, args.dim, length, device=device, dtype=dtype)
     results = {}
     for backend in backends:
-        fwd = _time_ms(lambda: selective_scan(*inputs, backend=backend), device, args.iters)
-        fwd_bwd = _time_ms(lambda: selective_scan(*inputs, backend=backend).backward(grad), device, args.iters)
+        fwd = time_ms(lambda: selective_scan(*inputs, backend=backend), device, args.iters)
+        fwd_bwd = time_ms(lambda: selective_scan(*inputs, backend=backend).backward(grad), device, args.iters)
         results[backend] = (fwd, fwd_bwd)
         print(f"{backend:>9}: forward {fwd:9.2f} ms | forward+backward {fwd_bwd:9.2f} ms")
     rf, rb = results["reference"]
