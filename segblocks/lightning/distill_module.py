@@ -45,6 +45,7 @@ from segblocks.models.hrsam import HRSAM_PRESETS
 from segblocks.models.sam import SamPreprocess
 
 __all__ = [
+    "EMBEDDING_SUFFIXES",
     "PrecomputedEmbeddings",
     "SamDistillation",
     "embedding_file",
@@ -105,13 +106,18 @@ class PrecomputedEmbeddings:
             if path.is_file():
                 break
         else:
-            raise FileNotFoundError(f"no precomputed embedding for sample {sample_id!r}: {embedding_file(self.root, sample_id)} (.pt/.npy)")
+            missing = embedding_file(self.root, sample_id)
+            raise FileNotFoundError(f"no precomputed embedding for sample {sample_id!r}: {missing} (.pt/.npy)")
         try:
-            value = torch.from_numpy(np.load(path)) if suffix == ".npy" else torch.load(path, map_location="cpu", weights_only=True)
+            if suffix == ".npy":
+                value = torch.from_numpy(np.load(path))
+            else:
+                value = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch / numpy raise many types for corrupt files
             raise ValueError(f"could not read embedding file {path}: {err}") from err
         if not isinstance(value, torch.Tensor) or value.dim() != 3 or not value.is_floating_point():
-            raise ValueError(f"embedding file {path} must hold a float (C, h, w) tensor; got {getattr(value, 'shape', type(value))}")
+            got = getattr(value, "shape", type(value))
+            raise ValueError(f"embedding file {path} must hold a float (C, h, w) tensor; got {got}")
         return value
 
     def __call__(self, sample_ids: Sequence[str], *, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -166,9 +172,10 @@ def precompute_embeddings(
     Returns:
         The number of files written.
     """
+    if suffix not in EMBEDDING_SUFFIXES:
+        raise ValueError(f"suffix must be one of {EMBEDDING_SUFFIXES}; got {suffix!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    embedding_file(out_dir, "", suffix)  # validates the suffix
     preprocess = (preprocess or SamPreprocess()).to(device)
     was_training = teacher.training
     teacher.eval().to(device)
@@ -308,9 +315,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m segblocks.lightning.distill_module", description=main.__doc__)
     p.add_argument("--out", required=True, help="output folder; gets train/ and val/ sub-folders")
     teacher = p.add_mutually_exclusive_group()
-    teacher.add_argument("--teacher-preset", choices=sorted(SAM_PRESETS), default="tiny", help="SAM preset whose encoder is the teacher")
-    teacher.add_argument("--vit-kwargs", help='ViTImageEncoder keyword arguments as JSON, e.g. SAM ViT-H: \'{"embed_dim": 1280, '
-                         '"depth": 32, "num_heads": 16, "global_attn_indexes": [7, 15, 23, 31]}\'')
+    teacher.add_argument("--teacher-preset", choices=sorted(SAM_PRESETS), default="tiny",
+                         help="SAM preset whose encoder is the teacher")
+    teacher.add_argument("--vit-kwargs", help="ViTImageEncoder keyword arguments as JSON, e.g. SAM ViT-H: "
+                         '\'{"embed_dim": 1280, "depth": 32, "num_heads": 16, "global_attn_indexes": [7, 15, 23, 31]}\'')
     p.add_argument("--checkpoint", help="local teacher weights")
     p.add_argument("--prefix", default="image_encoder.", help="teacher key prefix in --checkpoint")
     p.add_argument("--image-dir", help="training images (default: the synthetic train images)")

@@ -22,7 +22,9 @@ import torch
 __all__ = ["warmup_poly_factor", "warmup_poly_optimizer"]
 
 
-def warmup_poly_factor(step: int, *, total_steps: int, warmup_steps: int, start_factor: float = 1e-6, power: float = 1.0) -> float:
+def warmup_poly_factor(
+    step: int, *, total_steps: int, warmup_steps: int, start_factor: float = 1e-6, power: float = 1.0
+) -> float:
     """Learning-rate factor ``f(step)`` of the module docstring."""
     if step < warmup_steps:
         return start_factor + (1.0 - start_factor) * step / warmup_steps

@@ -20,7 +20,9 @@ dropped) resized bilinearly to every scale's token grid; Cycle-scan sits before 
 11 and these blocks' outputs are the stage outputs; each stage output is projected by
 ``Linear(C, 256, bias=False) + LN`` (HRSAM++: ``LN(C)`` on both scales, anchor upsampled,
 channel concatenation, ``Linear(2C, 256, bias=False) + LN``), the projections are summed, and
-the refinement is a depthwise 3×3 convolution (no bias) + channel LayerNorm; LayerNorm eps 1e-6
+the refinement is a depthwise 3×3 convolution (no bias) + channel LayerNorm (supp. D.2 words it
+as "summed and passed through a convolution layer to reduce the dimension to 256"; the code
+reduces per stage before the sum); LayerNorm eps 1e-6
 in the blocks; the anchor is a square resize whatever the aspect ratio; drop-path rates grow
 linearly over the blocks.
 """
