@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
 from torch import nn
+
+from _timing import time_ms  # benchmarks/_timing.py (the script folder is on sys.path)
 
 from segblocks.models.hrsam import HRSAMEncoder, HRSAMPlusPlusEncoder
 from segblocks.models.sam import ViTImageEncoder
@@ -48,20 +49,6 @@ def build_encoders(*, embed_dim: int, num_heads: int, attn_backend: str) -> dict
         "hrsam": HRSAMEncoder(**common, attn_backend=attn_backend),
         "hrsam++": HRSAMPlusPlusEncoder(**common, attn_backend=attn_backend),
     }
-
-
-def _time_ms(fn, device: torch.device, iters: int) -> float:
-    fn()  # warm-up (kernel selection, index-map caches)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]  # median
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         for row, model in encoders.items():
             try:
                 with torch.no_grad():
-                    results[size][row] = _time_ms(lambda: model(x), device, iters)
+                    results[size][row] = time_ms(lambda: model(x), device, iters)
             except (RuntimeError, MemoryError) as err:  # e.g. out of memory, or no backend for this dtype
                 results[size][row] = f"failed: {str(err).splitlines()[0][:60]}"
                 if device.type == "cuda":

@@ -26,7 +26,7 @@ from segblocks.lightning.distill_module import (
 )
 from segblocks.lightning.hrsam_module import HRSAMInteractive
 from segblocks.models.hrsam import HRSAMEncoder, HRSAMPlusPlusEncoder, hrsam_tiny
-from segblocks.models.sam import ViTImageEncoder
+from segblocks.models.sam import ViTImageEncoder, sam_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
@@ -217,6 +217,23 @@ def test_interactive_module_swaps_encoder_and_loads_stage1(tmp_path):
     with pytest.raises(ValueError, match="missing keys"):
         HRSAMInteractive(encoder_preset="tiny", encoder_checkpoint=str(tmp_path / "s1.ckpt"))  # ++ weights into HRSAM
     assert isinstance(HRSAMInteractive().sam.image_encoder, HRSAMEncoder)
+
+
+def test_interactive_module_takes_only_the_decoder_side_of_a_sam_checkpoint(tmp_path):
+    torch.manual_seed(3)
+    sam = sam_tiny()
+    state = {f"sam.{k}": v for k, v in sam.state_dict().items()}
+    state["sam.image_encoder.pos_embed"] = torch.zeros(1, 3, 3, 96)  # another encoder: must not matter
+    state["sam.prompt_encoder.point_embeddings.2.weight"] = torch.zeros(1, 64)  # box corner: ignored
+    torch.save({"state_dict": state}, tmp_path / "sam.ckpt")
+    module = HRSAMInteractive(sam_checkpoint=str(tmp_path / "sam.ckpt"), sam_prefix="sam.")
+    for part in ("prompt_encoder", "mask_decoder"):
+        for k, v in getattr(sam, part).state_dict().items():
+            torch.testing.assert_close(getattr(module.sam, part).state_dict()[k], v)
+    del state["sam.mask_decoder.iou_token.weight"]
+    torch.save({"state_dict": state}, tmp_path / "partial.ckpt")
+    with pytest.raises(ValueError, match="iou_token"):
+        HRSAMInteractive(sam_checkpoint=str(tmp_path / "partial.ckpt"), sam_prefix="sam.")
 
 
 # ----------------------------------------------------------------------------- recipes through the console script

@@ -8,10 +8,11 @@ click simulation and NFL (:class:`~segblocks.lightning.sam_module.SamInteractive
 * Setting 3 (distil, then fine-tune): ``encoder_checkpoint`` = the stage-1 checkpoint of
   :class:`~segblocks.lightning.distill_module.SamDistillation` (keys ``student.*``).
 
-The prompt encoder and mask decoder come from a SAM preset, optionally with a local SAM
-checkpoint (the authors start from SAM-ViT-H's decoder; notes official_code_facts §2.1). Only
-their weights are kept: the preset's ViT is discarded so none of its weights can leak into the
-HRSAM encoder through coinciding key names.
+The prompt encoder and mask decoder come from a SAM preset, optionally with their weights from
+a local SAM checkpoint (the authors start from SAM-ViT-H's decoder; notes official_code_facts
+§2.1). Only the ``prompt_encoder.*`` / ``mask_decoder.*`` keys are read, so any SAM file works
+(ViT-B, -L or -H: their decoders are all 256-d) and no ViT weight can leak into the HRSAM
+encoder through coinciding key names.
 
 Optimisation: :func:`~segblocks.lightning.warmup_poly.warmup_poly_optimizer` (AdamW 1e-4, wd 0.05,
 linear warm-up from 1e-6 of the lr, then poly decay; supp. D.3) over every trainable parameter.
@@ -45,7 +46,10 @@ class HRSAMInteractive(SamInteractive):
             ``"sam.image_encoder."`` for a checkpoint of this module).
         sam_preset: :data:`~segblocks.lightning.sam_module.SAM_PRESETS` key giving the prompt
             encoder and mask decoder (their width must equal the encoder's ``out_chans``).
-        sam_checkpoint: local SAM checkpoint (official key names) for those two parts.
+        sam_checkpoint: local SAM checkpoint (official key names) for those two parts; SAM's box
+            embeddings in it are ignored (clicks only).
+        sam_prefix: prefix of the SAM keys in that file (``"sam."`` for a
+            :class:`~segblocks.lightning.sam_module.SamInteractive` checkpoint).
         warmup_start_factor: lr factor at the first step (1e-6, supp. D.3).
         **kwargs: :class:`~segblocks.lightning.interactive_module.InteractiveSegmentation`
             options and ``freeze_image_encoder``.
@@ -63,6 +67,7 @@ class HRSAMInteractive(SamInteractive):
         encoder_prefix: str = "student.",
         sam_preset: str = "tiny",
         sam_checkpoint: str | None = None,
+        sam_prefix: str = "",
         warmup_start_factor: float = 1e-6,
         **kwargs: Any,
     ) -> None:
@@ -77,7 +82,12 @@ class HRSAMInteractive(SamInteractive):
             encoder = HRSAM_PRESETS[preset](**(encoder_kwargs or {}))
         if encoder_checkpoint is not None:
             load_checkpoint(encoder, encoder_checkpoint, prefix=encoder_prefix, strict=True)
-        sam = SAM_PRESETS[sam_preset](checkpoint=sam_checkpoint)
+        sam = SAM_PRESETS[sam_preset]()
+        if sam_checkpoint is not None:
+            for part in ("prompt_encoder", "mask_decoder"):
+                missing, _ = load_checkpoint(getattr(sam, part), sam_checkpoint, prefix=f"{sam_prefix}{part}.")
+                if missing:
+                    raise ValueError(f"SAM checkpoint {sam_checkpoint}: {part} keys missing: {missing}")
         width = getattr(encoder, "out_chans", sam.prompt_encoder.embed_dim)
         if width != sam.prompt_encoder.embed_dim:
             raise ValueError(
