@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.coco_panoptic import read_rgb_image
 from ..data.interactive import IMAGE_SUFFIXES, make_synthetic_instances, resize_longest_side_and_pad
+from segblocks.lightning._loaders import make_loader
 
 __all__ = ["DistillationDataModule", "DistillationImages", "collate_images"]
 
@@ -139,17 +140,10 @@ class DistillationDataModule(LightningDataModule):
             self.val_dataset = self.dataset("val")
 
     def _loader(self, dataset: Dataset | None, *, train: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("DistillationDataModule.setup() must run before asking for dataloaders")
         hp = self.hparams
-        return DataLoader(
-            dataset,
-            batch_size=hp.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) >= hp.batch_size,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            collate_fn=collate_images,
+        return make_loader(
+            dataset, owner=type(self).__name__, batch_size=hp.batch_size, train=train,
+            num_workers=hp.num_workers, collate_fn=collate_images,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -18,6 +18,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from segblocks.lightning._loaders import make_loader
+
 from ..data.interactive import (
     BENCHMARK_LAYOUTS,
     BenchmarkDataset,
@@ -186,18 +188,10 @@ class InteractiveDataModule(LightningDataModule):
             self.test_dataset = _Indexed(self._eval_dataset(), hp.max_test_samples)
 
     def _loader(self, dataset: Dataset | None, *, train: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("InteractiveDataModule.setup() must run before asking for dataloaders")
         hp = self.hparams
-        batch_size = hp.batch_size if train else hp.eval_batch_size
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) >= batch_size,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            collate_fn=collate_with_index,
+        return make_loader(
+            dataset, owner=type(self).__name__, batch_size=hp.batch_size if train else hp.eval_batch_size,
+            train=train, num_workers=hp.num_workers, collate_fn=collate_with_index,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -14,6 +14,7 @@ from ..data.collate import collate_panoptic
 from ..data.panoptic_meta import PanopticMeta
 from ..data.synthetic_panoptic import make_synthetic_panoptic, synthetic_panoptic_meta
 from ..data.transforms import PanopticEvalTransform, PanopticTrainTransform
+from segblocks.lightning._loaders import make_loader
 
 __all__ = ["PanopticDataModule"]
 
@@ -170,23 +171,15 @@ class PanopticDataModule(LightningDataModule):
             self.val_dataset = self._dataset("val", eval_tf, keep_original_targets=resizes)
 
     def _loader(self, dataset: COCOPanopticDataset | None, *, train: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("PanopticDataModule.setup() must run before asking for dataloaders")
         hp = self.hparams
         sampler = None
-        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if dataset is not None and not train and torch.distributed.is_available() and torch.distributed.is_initialized():
             # Lightning's default DistributedSampler pads the split with repeated images, which
             # would count them twice in PQ/mIoU/AP; this sampler gives each image to one rank.
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        return DataLoader(
-            dataset,
-            batch_size=hp.batch_size,
-            shuffle=train,
-            sampler=sampler,
-            drop_last=train and len(dataset) >= hp.batch_size,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            collate_fn=functools.partial(collate_panoptic, size_divisibility=hp.size_divisibility),
+        return make_loader(
+            dataset, owner=type(self).__name__, batch_size=hp.batch_size, train=train, num_workers=hp.num_workers,
+            collate_fn=functools.partial(collate_panoptic, size_divisibility=hp.size_divisibility), sampler=sampler,
         )
 
     def train_dataloader(self) -> DataLoader:
