@@ -36,7 +36,7 @@ from segblocks.blocks.hrsam_attention import FlashSwinAttention
 from segblocks.blocks.hrsam_cyclescan import CycleScan, MultiScaleCycleScan, PerScaleCycleScan
 from segblocks.models.backbones.swin import DropPath
 from segblocks.models.sam.common import LayerNorm2d, MLPBlock
-from segblocks.models.sam.image_encoder import PatchEmbed
+from segblocks.models.sam.image_encoder import PatchEmbed, resize_pos_embed
 
 __all__ = [
     "HRSAM_PRESETS",
@@ -52,15 +52,8 @@ __all__ = [
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize a ``(1, Gh, Gw, C)`` absolute embedding to ``grid`` (authors' code, notes §1.2).
-
-    Returns ``(1, h, w, C)``; ``pos_embed`` itself when the grid already matches.
-    """
-    if tuple(pos_embed.shape[1:3]) == tuple(grid):
-        return pos_embed
-    x = pos_embed.permute(0, 3, 1, 2)  # 1 x C x Gh x Gw
-    x = F.interpolate(x, size=tuple(grid), mode="bilinear", align_corners=False)
-    return x.permute(0, 2, 3, 1)  # 1 x h x w x C
+    """Bilinearly resize a ``(1, Gh, Gw, C)`` absolute embedding to ``grid`` (authors' code, notes §1.2)."""
+    return resize_pos_embed(pos_embed, grid, mode="bilinear")
 
 
 class HRSAMBlock(nn.Module):

@@ -41,12 +41,13 @@ __all__ = [
 ]
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Resize a stored absolute position embedding to another token grid (bicubic).
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], *, mode: str = "bicubic") -> torch.Tensor:
+    """Resize a stored absolute position embedding to another token grid.
 
     Args:
         pos_embed: (1, Gh, Gw, C) channels-last embedding.
         grid: target ``(h, w)``.
+        mode: interpolation; bicubic for SAM, bilinear for HRSAM (authors' code).
 
     Returns:
         (1, h, w, C); ``pos_embed`` itself when the grid already matches.
@@ -54,7 +55,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Te
     if tuple(pos_embed.shape[1:3]) == tuple(grid):
         return pos_embed
     x = pos_embed.permute(0, 3, 1, 2)  # 1 x C x Gh x Gw
-    x = F.interpolate(x, size=tuple(grid), mode="bicubic", align_corners=False)
+    x = F.interpolate(x, size=tuple(grid), mode=mode, align_corners=False)
     return x.permute(0, 2, 3, 1)  # 1 x h x w x C
 
 
