@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from segblocks.blocks.hrsam_attention import FlashSwinAttention
-from segblocks.models.backbones.swin import WindowAttention, shifted_window_mask, window_partition, window_unpartition
+from segblocks.layers.window import window_partition, window_unpartition
+from segblocks.models.backbones.swin import WindowAttention, shifted_window_mask
 from _timing import time_ms  # benchmarks/_timing.py (the script folder is on sys.path)
 
 __all__ = ["PlainSwinAttention", "main"]
@@ -55,7 +56,7 @@ class PlainSwinAttention(nn.Module):
         if key not in self._masks:  # Swin precomputes this buffer once per resolution
             self._masks[key] = shifted_window_mask(h, w, k, s, device=x.device)
         x = torch.roll(x.view(b, h, w, c), shifts=(-s, -s), dims=(1, 2))  # B x h x w x C
-        out = window_unpartition(self.attn(window_partition(x, k), self._masks[key]), k, h, w)  # B x h x w x C
+        out = window_unpartition(self.attn(window_partition(x, k), self._masks[key]), k, (h, w))  # B x h x w x C
         return torch.roll(out, shifts=(s, s), dims=(1, 2)).reshape(b, h * w, c)  # B x hw x C
 
 

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 __all__ = ["BlockInfo", "BLOCKS", "list_blocks"]
 
 PAPERS = {
-    "mst": "MST: adaptive multi-scale tokens for interactive segmentation (seed 000)",
-    "focsam": "FocSAM: focus refiner for SAM-based interactive segmentation (seed 001)",
-    "hrsam": "HRSAM / HRSAM++: high-resolution SAM with flexible local attention (seed 002)",
-    "proscale": "PRO-SCALE: progressive token length scaling, ICLR 2025 (seed 003)",
-    "inter2former": "Inter2Former: dynamic prompt embedding and hybrid attention (seed 004)",
+    "mst": "MST: adaptive multi-scale tokens for interactive segmentation (code: hahamyt/mst)",
+    "focsam": "FocSAM: focus refiner for SAM-based interactive segmentation (code: YouHuang67/focsam)",
+    "hrsam": "HRSAM / HRSAM++: Efficient Interactive Segmentation in High-Resolution Images "
+    "(code: YouHuang67/High-Resolution-Segment-Anything)",
+    "proscale": "PRO-SCALE: Progressive Token Length Scaling in Transformer Encoders for Efficient Universal "
+    "Segmentation, ICLR 2025 (code: abhishekaich27/proscale-pytorch)",
+    "inter2former": "Inter2Former: dynamic prompt embedding and hybrid attention (code: YouHuang67/inter2former)",
     "m2f": "Mask2Former, Cheng et al., CVPR 2022 (baseline PRO-SCALE builds on)",
     "ddetr": "Deformable DETR, Zhu et al., ICLR 2021",
     "ritm": "RITM, Sofiiuk et al., ICIP 2022 (normalized focal loss used by every interactive paper)",
@@ -33,7 +35,7 @@ class BlockInfo:
 
 BLOCKS: tuple[BlockInfo, ...] = (
     BlockInfo("ProgressiveScaleEncoder", "PRO-SCALE", "proscale",
-              "Deformable encoder whose token length grows stage by stage (Eq. 1-3); (0,0,6) = Mask2Former's encoder.",
+              "Deformable encoder whose token length grows stage by stage (Eq. 1-3); default (3,3,3)+TRC; (0,0,6) without TRC = Mask2Former's encoder.",
               "segblocks.blocks.proscale:ProgressiveScaleEncoder"),
     BlockInfo("TokenRecalibration", "TRC", "proscale",
               "Gates coarse tokens with sigmoid(ε·φ(s2)) from the finest encoder level (Eq. 4).",
@@ -93,7 +95,7 @@ BLOCKS: tuple[BlockInfo, ...] = (
               "FLA index mappings for (shifted) windows, KV-only padding and multi-scale grids (Eq. 2-8, 11-19).",
               "segblocks.ops.fla_mapping:shift_window_mapping"),
     BlockInfo("HRSAMEncoder", "HRSAM", "hrsam",
-              "ViT with Flash Swin + KV-only padding, Cycle-scan per stage, 4-level fused 256-d output (§3, facts §2.3).",
+              "ViT with Flash Swin + KV-only padding, Cycle-scan per stage, 4-level fused 256-d output (§3, supp. D.2).",
               "segblocks.models.hrsam.encoder:HRSAMEncoder"),
     BlockInfo("HRSAMPlusPlusEncoder", "HRSAM++", "hrsam",
               "HRSAM plus a weight-shared 512² anchor map and multi-scale Cycle-scan fusion (§3.6, supp. D.2).",

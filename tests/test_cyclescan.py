@@ -180,8 +180,8 @@ def test_per_scale_and_multi_scale_bookkeeping():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda m: m(torch.randn(2, 5, DIM + 1)), r"expected x of shape \(B, L, 6\)"),
-        (lambda m: m(torch.randn(5, DIM)), r"expected x of shape \(B, L, 6\)"),
+        (lambda m: m(torch.randn(2, 5, DIM + 1)), r"x must be \(B, L, C=6\)"),
+        (lambda m: m(torch.randn(5, DIM)), r"x must be \(B, L, C=6\)"),
         (lambda m: m(torch.randn(2, 5, DIM), split=[2, 2]), "summing to L=5"),
         (lambda m: m(torch.randn(2, 5, DIM), split=[6, -1]), "non-negative"),
     ],

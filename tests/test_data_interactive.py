@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from PIL import Image
 from segblocks.data.interactive import (
     BenchmarkDataset,
     COCOInstanceDataset,
+    EmptyMaskError,
     ImageMaskFolderDataset,
     InteractiveEvalTransform,
     InteractiveTrainTransform,
@@ -76,7 +78,7 @@ def test_read_mask_array_encodings(tmp_path):
     raw = read_mask_array(tmp_path / "rgb.png")
     assert raw.shape == (20, 30, 3)
     np.testing.assert_array_equal(MaskEncoding().decode(raw)[0], obj | band)
-    np.testing.assert_array_equal(MaskEncoding(object_value=(10, 200, 30)).decode(raw)[0], obj)
+    np.testing.assert_array_equal(MaskEncoding(object_value=(10, 200, 30), strict=False).decode(raw)[0], obj)
     mask, ignore = MaskEncoding(ignore_value=(0, 0, 90)).decode(raw)
     np.testing.assert_array_equal(mask, obj)
     np.testing.assert_array_equal(ignore, band)
@@ -567,8 +569,10 @@ def test_collate_eval_batch():
     assert batch["valid_size"].tolist() == [[5, 9], [7, 4]]
     assert torch.equal(batch["image"][1, :, :7, :4], raw[1]["image"].float()) and not batch["image"][1, :, :, 4:].any()
     assert not batch["mask"][0, 5:].any()
-    with pytest.raises(ValueError, match="empty"):
-        collate_interactive([])
+    # An empty list (the padding batch of a DDP rank without samples) is an empty batch.
+    empty = collate_interactive([])
+    assert empty["image"].shape == (0, 3, 0, 0) and empty["mask"].shape == (0, 0, 0) and empty["mask"].dtype == torch.bool
+    assert empty["sample_id"] == [] and empty["index"].shape == (0,) and empty["valid_size"].shape == (0, 2)
     with pytest.raises(ValueError, match="mask must be bool"):
         collate_interactive([{**raw[0], "mask": raw[0]["mask"].float()}])
 
@@ -579,3 +583,112 @@ def test_end_to_end_loader(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate_interactive)
     batch = next(iter(loader))
     assert batch["image"].shape == (3, 3, 32, 32) and batch["mask"].flatten(1).any(dim=1).all()
+
+
+# ---------------------------------------------------------------- strict decoding, empty sets, RITM layouts
+
+
+@pytest.fixture
+def grabcut_copy(tmp_path, shared_data):
+    """A copy of three GrabCut images and their masks, to corrupt."""
+    root = tmp_path / "GrabCut"
+    for sub in ("data_GT", "boundary_GT"):
+        (root / sub).mkdir(parents=True)
+    src = shared_data / "GrabCut"
+    stems = sorted(p.stem for p in (src / "boundary_GT").iterdir())[:3]
+    for stem in stems:
+        image = next((src / "data_GT").glob(f"{stem}.*"))
+        shutil.copy(image, root / "data_GT" / image.name)
+        shutil.copy(src / "boundary_GT" / f"{stem}.bmp", root / "boundary_GT" / f"{stem}.bmp")
+    return root, stems
+
+
+def _gray(path):
+    return np.array(Image.open(path).convert("L"))
+
+
+def test_grabcut_mask_saved_as_0_1_is_an_error_naming_file_and_values(grabcut_copy):
+    root, stems = grabcut_copy
+    mask_path = root / "boundary_GT" / f"{stems[1]}.bmp"
+    Image.fromarray((_gray(mask_path) == 255).astype(np.uint8)).save(mask_path)  # object stored as 1
+    ds = BenchmarkDataset(root=root, layout="grabcut")
+    ds[0]
+    with pytest.raises(EmptyMaskError, match=rf"{stems[1]}\.bmp has no object pixel.*values found: \[0, 1\]"):
+        ds[1]
+
+
+def test_unknown_mask_values_are_an_error(tmp_path):
+    rng = np.random.default_rng(4)
+    obj = _blob(20, 20, 10, 10, 5)
+    _write_folder(tmp_path / "fc", "img", "gt", [("x", ".jpg", "x#001.png", _rng_image(rng, 20, 20), lambda p: _palette_png(p, obj * 1 + ~obj * 7))])
+    with pytest.raises(ValueError, match=r"x#001\.png: 3\d\d pixels hold values .*values found: \[1, 7\]"):
+        BenchmarkDataset(root=tmp_path / "fc", layout="focuscut")[0]
+
+
+@pytest.mark.parametrize("fill", [0, 128], ids=["all-background", "all-ignore"])
+def test_empty_object_masks_error_or_are_skipped_and_counted(grabcut_copy, fill):
+    root, stems = grabcut_copy
+    mask_path = root / "boundary_GT" / f"{stems[0]}.bmp"
+    Image.fromarray(np.full_like(_gray(mask_path), fill)).save(mask_path)
+    with pytest.raises(EmptyMaskError, match=rf"{stems[0]}\.bmp"):
+        BenchmarkDataset(root=root, layout="grabcut")[0]
+    with pytest.warns(UserWarning, match=r"skipped 1 of 3 masks"):
+        ds = BenchmarkDataset(root=root, layout="grabcut", on_empty="skip")
+    assert [r[0] for r in ds.records] == stems[1:]
+    assert [p.name for p, _ in ds.skipped] == [f"{stems[0]}.bmp"]
+    assert [s["sample_id"] for s in ds] == stems[1:]
+
+
+def test_empty_benchmark_folder_is_an_error_naming_it(tmp_path):
+    (tmp_path / "empty" / "data_GT").mkdir(parents=True)
+    (tmp_path / "empty" / "boundary_GT").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no images .* in .*empty/data_GT"):
+        BenchmarkDataset(root=tmp_path / "empty", layout="grabcut")
+
+
+def test_coco_instances_without_objects_is_an_error_naming_the_file(shared_data):
+    root = shared_data / "coco_tiny"
+    with pytest.raises(ValueError, match=r"instances_val2017.json has no non-crowd object with area >= 1000000000000.0"):
+        COCOInstanceDataset(image_dir=root / "val2017", annotation_file=root / "annotations" / "instances_val2017.json", min_area=1e12)
+
+
+def _ritm_grabcut_rule(bgr_first_channel):
+    """RITM's GrabCut/Berkeley rule written out per pixel: == 128 ignore, > 128 object, else background."""
+    h, w = bgr_first_channel.shape
+    mask, ignore = np.zeros((h, w), bool), np.zeros((h, w), bool)
+    for y in range(h):
+        for x in range(w):
+            v = int(bgr_first_channel[y, x])
+            ignore[y, x] = v == 128
+            mask[y, x] = v > 128
+    return mask, ignore
+
+
+def test_berkeley_layout_and_threshold_follow_ritm(tmp_path):
+    rng = np.random.default_rng(5)
+    h, w = 12, 16
+    gray = rng.choice(np.array([0, 30, 127, 128, 129, 200, 254, 255], np.uint8), size=(h, w))
+    gray[0, 0] = 255
+    rgb = np.stack([rng.integers(0, 256, (h, w)), rng.integers(0, 256, (h, w)), gray], axis=-1).astype(np.uint8)  # blue = gray
+    image = _rng_image(rng, h, w)
+    items = [
+        ("g", ".jpg", "g.png", image, lambda p: Image.fromarray(gray).save(p)),
+        ("c", ".jpg", "c.png", image, lambda p: Image.fromarray(rgb).save(p)),
+    ]
+    _write_folder(tmp_path / "Berkeley", "images", "masks", items)
+    ds = BenchmarkDataset(root=tmp_path / "Berkeley", layout="berkeley")
+    assert "berkeley.py" in ds.layout.reference
+    expected_mask, expected_ignore = _ritm_grabcut_rule(gray)  # cv2's BGR channel 0 is the blue channel
+    for s in ds:
+        np.testing.assert_array_equal(s["mask"].numpy(), expected_mask)
+        np.testing.assert_array_equal(s["ignore"].numpy(), expected_ignore)
+    assert (expected_mask & (gray != 255)).any()  # values in (128, 255) are object, not only 255
+    with pytest.raises(FileNotFoundError, match="data_GT"):  # not GrabCut's folders
+        BenchmarkDataset(root=tmp_path / "Berkeley", layout="grabcut")
+
+
+def test_every_layout_names_its_reference_loader():
+    from segblocks.data.interactive import BENCHMARK_LAYOUTS
+
+    for name, layout in BENCHMARK_LAYOUTS.items():
+        assert "/" in layout.reference and "datasets/" in layout.reference, name

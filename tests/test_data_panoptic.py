@@ -410,8 +410,9 @@ def test_collate_pads_images_and_masks():
         assert torch.equal(masks[:, :h, :w], s["masks"]) and not masks[:, h:].any() and not masks[:, :, w:].any()
         assert torch.equal(batch["targets"][i]["labels"], s["labels"])
     assert collate_panoptic([a, b], size_divisibility=1)["images"].shape == (2, 3, 64, 70)
-    with pytest.raises(ValueError, match="empty"):
-        collate_panoptic([])
+    empty = collate_panoptic([])  # the padding batch of a DDP rank without samples
+    assert empty["images"].shape == (0, 3, 0, 0) and empty["targets"] == [] and empty["image_ids"] == []
+    assert empty["image_sizes"].shape == (0, 2)
     with pytest.raises(ValueError, match="masks must be"):
         collate_panoptic([{**a, "masks": a["masks"][:1]}])
 
@@ -462,3 +463,114 @@ def test_train_augmentation_varies_between_calls(tmp_path):
     dm.setup("fit")
     draws = [dm.train_dataset[0]["image"] for _ in range(6)]
     assert any(not torch.equal(draws[0], x) for x in draws[1:])
+
+
+# ----------------------------------------------------------------------------- PNG <-> JSON cross-check
+
+
+@pytest.fixture
+def sample_copy(tmp_path, shared_data) -> Path:
+    return Path(shutil.copytree(shared_data / "coco_panoptic_sample", tmp_path / "sample"))
+
+
+def _sample_dataset(root: Path) -> COCOPanopticDataset:
+    return COCOPanopticDataset(
+        image_dir=root / "input_images", panoptic_dir=root / "panoptic_examples", annotation_file=root / "panoptic_examples.json"
+    )
+
+
+def _rewrite(root: Path, edit) -> None:
+    path = root / "panoptic_examples.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_segment_listed_but_absent_from_png_is_an_error(sample_copy):
+    png_ids = set(np.unique(_decode_png(sample_copy / "panoptic_examples" / "000000142238.png")).tolist())
+    ghost = max(png_ids) + 1  # an id the PNG does not hold
+    _rewrite(sample_copy, lambda d: d["annotations"][0]["segments_info"].append({**d["annotations"][0]["segments_info"][0], "id": ghost}))
+    ds = _sample_dataset(sample_copy)
+    with pytest.raises(ValueError, match=rf"\[{ghost}\] are listed in .*panoptic_examples.json but absent from .*000000142238.png"):
+        ds[0]
+    ds[1]  # the other image is untouched
+
+
+def test_png_segment_missing_from_segments_info_is_an_error(sample_copy):
+    dropped = {}
+
+    def drop_first(d):
+        dropped["id"] = d["annotations"][1]["segments_info"].pop(0)["id"]
+
+    _rewrite(sample_copy, drop_first)
+    ds = _sample_dataset(sample_copy)
+    assert dropped["id"] in np.unique(_decode_png(sample_copy / "panoptic_examples" / "000000439180.png"))
+    with pytest.raises(ValueError, match=rf"000000439180.png holds segments \[{dropped['id']}\] that are missing from segments_info"):
+        ds[1]
+
+
+def test_duplicate_segment_ids_are_an_error(sample_copy):
+    def duplicate(d):
+        info = d["annotations"][0]["segments_info"]
+        info[1] = {**info[1], "id": info[0]["id"]}
+
+    _rewrite(sample_copy, duplicate)
+    with pytest.raises(ValueError, match=r"panoptic_examples.json: image 142238 .* more than once"):
+        _sample_dataset(sample_copy)
+
+
+def test_annotation_file_without_annotations_is_an_error(sample_copy):
+    _rewrite(sample_copy, lambda d: d.update(annotations=[]))
+    with pytest.raises(ValueError, match=r"panoptic_examples.json has no annotations"):
+        _sample_dataset(sample_copy)
+
+
+# ----------------------------------------------------------------------------- cache housekeeping
+
+
+def test_stale_temporary_folders_are_removed(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from segblocks.data._atomic import remove_stale_temporaries
+
+    final = tmp_path / "cache-v1"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    host = "".join(c if c.isalnum() or c == "." else "_" for c in socket.gethostname())
+    killed = tmp_path / f".cache-v1.tmp-{host}-{dead_pid}-abc123"  # a SIGKILLed build on this host
+    live = tmp_path / f".cache-v1.tmp-{host}-{os.getpid()}-def456"  # a build in progress
+    old_foreign = tmp_path / ".cache-v1.tmp-otherhost-1-ghi789"  # another host's, abandoned long ago
+    young_foreign = tmp_path / ".cache-v1.tmp-otherhost-2-jkl012"
+    legacy = tmp_path / ".cache-v1.tmp-mno345"  # a name without host and pid, old
+    unrelated = tmp_path / ".other.tmp-zzz"
+    for d in (killed, live, old_foreign, young_foreign, legacy, unrelated):
+        d.mkdir()
+        (d / "partial.bin").write_bytes(b"x")
+    an_hour_ago = time.time() - 3600
+    for d in (old_foreign, legacy, unrelated):
+        os.utime(d, (an_hour_ago, an_hour_ago))
+    assert sorted(remove_stale_temporaries(final, stale_after=600)) == sorted([killed, old_foreign, legacy])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, young_foreign, unrelated))
+    # The next generation cleans up as well.
+    live.rename(tmp_path / f".cache-v1.tmp-{host}-{dead_pid}-pqr678")
+    build_directory_atomically(final, lambda tmp: (tmp / "done.txt").write_text("ok"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cache-v1", young_foreign.name, unrelated.name])
+
+
+def test_cache_folder_follows_the_umask(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        final = build_directory_atomically(tmp_path / "shared", lambda tmp: (tmp / "f.txt").write_text("x"))
+        assert stat.S_IMODE(final.stat().st_mode) == 0o755  # not mkdtemp's 0700
+        os.umask(0o027)
+        final = build_directory_atomically(tmp_path / "group", lambda tmp: None)
+        assert stat.S_IMODE(final.stat().st_mode) == 0o750
+    finally:
+        os.umask(previous)

@@ -20,18 +20,24 @@ from segblocks.ops.fla_mapping import (
 from segblocks.ops.varlen_attention import varlen_attention
 
 
-def brute_force_windows(shapes, k, s, batch):
+def pad_of(h, w, k, s, shift_single_window):
+    """Top/left padding of one grid: ``(k - s) % k``, no shift for a grid inside one window when
+    ``shift_single_window`` is False (Inter2Former's rule; HRSAM's Listing 1 shifts every grid)."""
+    return (k - (0 if (not shift_single_window and h <= k and w <= k) else s)) % k
+
+
+def brute_force_windows(shapes, k, s, batch, shift_single_window=True):
     """Windows in raster order, each a list of (global index, padded y, padded x) in raster order.
 
     Every token's window id comes from its own coordinates: the top/left padding is
-    ``(k - s) % k`` (no shift for a grid inside one window), window ``((y + p) // k, (x + p) // k)``.
+    ``pad_of(...)``, window ``((y + p) // k, (x + p) // k)``.
     """
     per_sample = sum(h * w for h, w in shapes)
     windows = {}
     for b in range(batch):
         offset = 0
         for lvl, (h, w) in enumerate(shapes):
-            p = (k - (0 if h <= k and w <= k else s)) % k
+            p = pad_of(h, w, k, s, shift_single_window)
             for y in range(h):
                 for x in range(w):
                     key = (b, lvl, (y + p) // k, (x + p) // k)
@@ -40,10 +46,10 @@ def brute_force_windows(shapes, k, s, batch):
     return [windows[key] for key in sorted(windows)]
 
 
-def expected_num_windows(shapes, k, s, batch):
+def expected_num_windows(shapes, k, s, batch, shift_single_window=True):
     total = 0
     for h, w in shapes:
-        p = (k - (0 if h <= k and w <= k else s)) % k
+        p = pad_of(h, w, k, s, shift_single_window)
         total += math.ceil((h + p) / k) * math.ceil((w + p) / k)
     return total * batch
 
@@ -57,22 +63,22 @@ def configs(draw):
     k = draw(st.sampled_from([2, 3, 4, 7, 8]))
     s = draw(st.sampled_from([0, k // 2]))
     shapes = draw(st.lists(st.tuples(st.integers(1, 40), st.integers(1, 40)), min_size=1, max_size=3))
-    return shapes, k, s, draw(st.integers(1, 3))
+    return shapes, k, s, draw(st.integers(1, 3)), draw(st.booleans())
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(configs())
 def test_query_mapping_matches_brute_force(config):
-    shapes, k, s, batch = config
-    m = multi_scale_mapping(shapes, k, s, batch=batch)
-    windows = brute_force_windows(shapes, k, s, batch)
+    shapes, k, s, batch, ssw = config
+    m = multi_scale_mapping(shapes, k, s, batch=batch, shift_single_window=ssw)
+    windows = brute_force_windows(shapes, k, s, batch, ssw)
     n = batch * sum(h * w for h, w in shapes)
 
     assert m.num_tokens == n and m.kv_indices is None
     assert m.q_indices.shape == (n,) and m.q_indices.dtype == torch.long
     assert list(m.q_seqlens) == [len(win) for win in windows]  # also: no empty segment
     assert min(m.q_seqlens) >= 1 and sum(m.q_seqlens) == n
-    assert len(m.q_seqlens) == expected_num_windows(shapes, k, s, batch)  # no all-virtual window
+    assert len(m.q_seqlens) == expected_num_windows(shapes, k, s, batch, ssw)  # no all-virtual window
     for seg, coords, win in zip(split(m.q_indices, m.q_seqlens), split(m.q_coords, m.q_seqlens), windows):
         assert seg.tolist() == [idx for idx, _, _ in win]
         assert coords.tolist() == [[y, x] for _, y, x in win]
@@ -85,9 +91,9 @@ def test_query_mapping_matches_brute_force(config):
 @settings(max_examples=60, deadline=None)
 @given(configs())
 def test_kv_padding_mapping_properties(config):
-    shapes, k, s, batch = config
-    m = multi_scale_kv_padding_mapping(shapes, k, s, batch=batch)
-    q_only = multi_scale_mapping(shapes, k, s, batch=batch)
+    shapes, k, s, batch, ssw = config
+    m = multi_scale_kv_padding_mapping(shapes, k, s, batch=batch, shift_single_window=ssw)
+    q_only = multi_scale_mapping(shapes, k, s, batch=batch, shift_single_window=ssw)
     n = m.num_tokens
     nw = len(m.q_seqlens)
 
@@ -123,12 +129,44 @@ def test_paper_figure_6_example():
     ]
 
 
-def test_grid_inside_one_window_is_not_shifted_and_batch_offsets():
-    m = kv_padding_mapping(3, 2, 4, 2, batch=2)
+def listing_1(h, w, k):
+    """HRSAM App. A, Listing 1 transcribed (pad k/2 on every side of every grid, h, w multiples of k)."""
+    inf = 10 * (h + k) * (w + k)
+    hs, ws = torch.arange(-(k // 2), h + k // 2), torch.arange(-(k // 2), w + k // 2)
+    hs[: k // 2], hs[-(k // 2):], ws[: k // 2], ws[-(k // 2):] = -inf, -inf, -inf, -inf
+    ys, xs = torch.meshgrid(hs, ws, indexing="ij")
+    coords = (ys * w + xs).reshape((h + k) // k, k, (w + k) // k, k).permute(0, 2, 1, 3).reshape(-1, k * k)
+    lengths = (coords >= 0).sum(-1).tolist()
+    indices = coords.reshape(-1)
+    return indices[indices >= 0], lengths
+
+
+@pytest.mark.parametrize("h,w,k", [(4, 4, 4), (2, 2, 2), (8, 4, 4), (4, 12, 4), (6, 6, 2)])
+def test_hrsam_rule_equals_listing_1(h, w, k):
+    """Default rule = HRSAM's Listing 1, also for a grid that is exactly one window (4x4, k=4)."""
+    indices, lengths = listing_1(h, w, k)
+    m = shift_window_mapping(h, w, k, k // 2)
+    assert m.q_indices.tolist() == indices.tolist() and list(m.q_seqlens) == lengths
+    assert shift_window_mapping(h, w, k, k // 2, shift_single_window=True) is m
+
+
+def test_inter2former_rule_keeps_a_single_window_grid_whole_and_batch_offsets():
+    m = kv_padding_mapping(3, 2, 4, 2, batch=2, shift_single_window=False)
     assert m.q_seqlens == (6, 6) and m.q_indices.tolist() == list(range(12))
     assert m.kv_indices.view(2, 16)[1].tolist() == [6, 7, 12, 12, 8, 9, 12, 12, 10, 11] + [12] * 6
-    wide = shift_window_mapping(1, 5, 4, 2)  # wider than a window: shifted, p = 2
+    wide = shift_window_mapping(1, 5, 4, 2, shift_single_window=False)  # wider than a window: shifted, p = 2
     assert [t.tolist() for t in split(wide.q_indices, wide.q_seqlens)] == [[0, 1], [2, 3, 4]]
+    # HRSAM's rule shifts the 3x2 grid too: p = 2 puts rows 0-1 / 2 and columns 0-1 in 2 windows
+    hrsam = kv_padding_mapping(3, 2, 4, 2, batch=2)
+    assert [t.tolist() for t in split(hrsam.q_indices, hrsam.q_seqlens)][:2] == [[0, 1, 2, 3], [4, 5]]
+    # both rules agree on plain windows and on grids larger than a window
+    for shapes in ([(3, 2)], [(9, 5), (2, 2)]):
+        assert multi_scale_mapping(shapes, 4, 0).q_indices.tolist() == multi_scale_mapping(
+            shapes, 4, 0, shift_single_window=False
+        ).q_indices.tolist()
+    assert multi_scale_mapping([(9, 5)], 4, 2).q_seqlens == multi_scale_mapping(
+        [(9, 5)], 4, 2, shift_single_window=False
+    ).q_seqlens
 
 
 @pytest.mark.parametrize("h,w,k", [(8, 8, 4), (6, 9, 3), (4, 8, 2), (14, 7, 7)])
@@ -240,4 +278,20 @@ def test_cached_per_arguments_and_device():
 )
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: shift_window_mapping(4.5, 4, 2),  # would be truncated to 4
+        lambda: shift_window_mapping(4, 4, 2.0),
+        lambda: shift_window_mapping(4, 4, 4, True),
+        lambda: shift_window_mapping(4, 4, 4, 2, batch=1.5),
+        lambda: multi_scale_mapping([(4, 4.9)], 4),
+        lambda: multi_scale_mapping([(4, 4)], 4, 2, shift_single_window=1),
+    ],
+)
+def test_non_integer_arguments_are_refused(call):
+    with pytest.raises(TypeError):
         call()

@@ -1,4 +1,4 @@
-"""HRSAM attention (seed 002 §3.2-3.4, App. A-C): FLA, KV-only padding, 2-D RoPE, Flash Swin.
+"""HRSAM attention (HRSAM paper §3.2-3.4, App. A-C): FLA, KV-only padding, 2-D RoPE, Flash Swin.
 
 Every reference here is written independently of the code under test: RoPE as explicit 2x2
 rotation matrices per position, FLA as a loop over explicitly padded windows in float64, and
@@ -15,8 +15,10 @@ How Flash Swin relates to classic Swin (checked below):
 * For multiples of ``k`` the outputs are equal. For other grids they are equal once Swin's zero
   padding is excluded from the keys; with the padding visible as keys (Swin's detection code,
   ``segblocks.models.backbones.swin.SwinBlock``) they differ wherever a window holds padding.
-* A grid that fits in one window (``h, w <= k``) is not shifted by FLA (authors' code), so it
-  equals Swin *without* shift there; Swin with shift splits it into up to four groups.
+* A grid that fits in one window (``h, w <= k``) is shifted by default (HRSAM's Listing 1), and
+  then grouped like Swin with shift; with ``shift_single_window=False`` (Inter2Former's code) it
+  is not shifted and equals Swin *without* shift, where Swin with shift splits it into up to four
+  groups.
 * With KV-only padding, ``shift = 0`` and the pad token at its zero init, FLA equals Swin's
   unshifted window attention with the zero padding visible as keys.
 """
@@ -56,7 +58,7 @@ def naive_fla(module, x, shapes):
     """FLA by explicit padding, float64: loop over samples, scales and k x k windows.
 
     Each scale's grid is padded with ``p = (k - s) % k`` pad tokens top/left (``p = 0`` for a grid
-    inside one window) and bottom/right up to multiples of ``k``; pad positions hold the pad token
+    inside one window when ``module.shift_single_window`` is False) and bottom/right up to multiples of ``k``; pad positions hold the pad token
     and get their padded coordinates for RoPE. Queries: the window's real tokens; keys: all k^2
     positions (KV-only padding) or the real tokens only.
     """
@@ -68,7 +70,7 @@ def naive_fla(module, x, shapes):
     for b in range(b_):
         offset = 0
         for h, w in shapes:
-            p = (k - s) % k if (h > k or w > k) else 0
+            p = (k - s) % k if (h > k or w > k or module.shift_single_window) else 0
             ph, pw = math.ceil((p + h) / k) * k, math.ceil((p + w) / k) * k
             fill = module.pad_token[0].double() if module.kv_padding else torch.zeros(c, dtype=torch.float64)
             grid = fill.expand(ph * pw, c).clone()
@@ -152,15 +154,21 @@ def swin_same_group(h, w, k, s):
     return group[:, None] == group[None, :]
 
 
-def fla_same_group(h, w, k, s):
-    m = shift_window_mapping(h, w, k, s)
+def fla_same_group(h, w, k, s, shift_single_window=True):
+    m = shift_window_mapping(h, w, k, s, shift_single_window=shift_single_window)
     seg = torch.empty(h * w, dtype=torch.long)
     seg[m.q_indices] = torch.arange(m.num_windows).repeat_interleave(torch.tensor(m.q_seqlens))
     return seg[:, None] == seg[None, :]
 
 
-def make_fla(dim=16, num_heads=2, window_size=4, shift=2, kv_padding=True, rope=True, cls=FlexibleLocalAttention):
-    kwargs = dict(dim=dim, num_heads=num_heads, window_size=window_size, kv_padding=kv_padding, rope=rope)
+def make_fla(
+    dim=16, num_heads=2, window_size=4, shift=2, kv_padding=True, rope=True, cls=FlexibleLocalAttention,
+    shift_single_window=True,
+):
+    kwargs = dict(
+        dim=dim, num_heads=num_heads, window_size=window_size, kv_padding=kv_padding, rope=rope,
+        shift_single_window=shift_single_window,
+    )
     m = cls(shift=shift, backend="sdpa", **kwargs).double()
     if kv_padding:
         with torch.no_grad():
@@ -230,14 +238,16 @@ def test_rope_bad_inputs(call, exc, match):
         ([(5, 7)], 4, 2, True, True),  # odd sizes, shifted, KV-only padding + RoPE
         ([(5, 7)], 4, 0, True, True),  # plain windows: pads only bottom/right
         ([(6, 9)], 3, 1, False, True),  # odd window, plain block-diagonal
-        ([(5, 7), (3, 3)], 4, 2, True, True),  # multi-scale, shared pad token, small scale unshifted
+        ([(5, 7), (3, 3)], 4, 2, True, True),  # multi-scale, shared pad token, small scale
         ([(2, 3)], 4, 2, True, True),  # grid smaller than one window
+        ([(4, 4)], 4, 2, False, True),  # grid of exactly one window
         ([(1, 9)], 4, 2, True, False),
         ([(7, 4)], 4, 2, False, False),
     ],
 )
-def test_fla_matches_naive_padded_windows(shapes, k, s, kv_padding, rope):
-    m = make_fla(window_size=k, shift=s, kv_padding=kv_padding, rope=rope)
+@pytest.mark.parametrize("shift_single_window", [True, False])
+def test_fla_matches_naive_padded_windows(shapes, k, s, kv_padding, rope, shift_single_window):
+    m = make_fla(window_size=k, shift=s, kv_padding=kv_padding, rope=rope, shift_single_window=shift_single_window)
     x = torch.randn(2, sum(h * w for h, w in shapes), 16, dtype=torch.float64)
     torch.testing.assert_close(m(x, shapes), naive_fla(m, x, shapes))
 
@@ -251,7 +261,9 @@ def test_every_query_sees_k2_keys_with_kv_padding(kv_padding):
     sum of channel 1 over k^2 (KV padding) or its mean over the real tokens (no padding).
     """
     k, s, shapes = 4, 2, [(5, 7), (2, 3)]
-    m = FlexibleLocalAttention(dim=4, num_heads=1, window_size=k, shift=s, kv_padding=kv_padding, rope=False).double()
+    m = FlexibleLocalAttention(
+        dim=4, num_heads=1, window_size=k, shift=s, kv_padding=kv_padding, rope=False, shift_single_window=False
+    ).double()
     with torch.no_grad():
         m.qkv.weight.zero_()
         m.qkv.bias.zero_()
@@ -301,18 +313,28 @@ def test_flash_swin_equals_classic_shifted_window_attention(h, w, k):
         assert not torch.allclose(out, with_pad_keys)  # Swin's zero pads are keys there
 
 
-def test_grid_inside_one_window_is_not_shifted():
+def test_grid_inside_one_window_rules():
+    """HRSAM (default, Listing 1) shifts a 3x3 grid like Swin; Inter2Former's rule keeps it whole."""
     h, w, k = 3, 3, 4
-    shifted = make_fla(dim=12, num_heads=3, window_size=k, kv_padding=False, rope=False, cls=FlashSwinAttention)
+    inter2former = make_fla(
+        dim=12, num_heads=3, window_size=k, shift=None, kv_padding=False, rope=False, cls=FlashSwinAttention,
+        shift_single_window=False,
+    )
     plain = make_fla(dim=12, num_heads=3, window_size=k, shift=0, kv_padding=False, rope=False, cls=FlashSwinAttention)
-    plain.load_state_dict(shifted.state_dict())
+    hrsam = make_fla(dim=12, num_heads=3, window_size=k, shift=None, kv_padding=False, rope=False, cls=FlashSwinAttention)
+    assert hrsam.shift_single_window and not inter2former.shift_single_window
+    plain.load_state_dict(inter2former.state_dict())
+    hrsam.load_state_dict(inter2former.state_dict())
     x = torch.randn(2, h * w, 12, dtype=torch.float64)
-    out = shifted(x, [(h, w)])
+    out = inter2former(x, [(h, w)])
     torch.testing.assert_close(out, plain(x, [(h, w)]))
-    torch.testing.assert_close(out, classic_swin(x, h, w, k, 0, shifted.qkv, shifted.proj, 3))
-    # Swin's cyclic shift would split the 3x3 grid into four groups instead.
-    assert not torch.equal(fla_same_group(h, w, k, k // 2), swin_same_group(h, w, k, k // 2))
-    assert not torch.allclose(out, classic_swin(x, h, w, k, k // 2, shifted.qkv, shifted.proj, 3))
+    torch.testing.assert_close(out, classic_swin(x, h, w, k, 0, inter2former.qkv, inter2former.proj, 3))
+    # Swin's cyclic shift splits the 3x3 grid into four groups, as HRSAM's rule does.
+    assert not torch.equal(fla_same_group(h, w, k, k // 2, False), swin_same_group(h, w, k, k // 2))
+    assert torch.equal(fla_same_group(h, w, k, k // 2, True), swin_same_group(h, w, k, k // 2))
+    shifted = hrsam(x, [(h, w)])
+    assert not torch.allclose(out, shifted)
+    torch.testing.assert_close(shifted, classic_swin(x, h, w, k, k // 2, hrsam.qkv, hrsam.proj, 3))
 
 
 def test_zero_pad_token_equals_swin_windows_with_zero_padding():

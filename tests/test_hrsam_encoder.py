@@ -5,7 +5,9 @@ from hooked stage outputs, per-sample runs for batch independence.
 """
 from __future__ import annotations
 
+import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -15,11 +17,15 @@ from segblocks.blocks.hrsam_attention import FlashSwinAttention
 from segblocks.blocks.hrsam_cyclescan import CycleScan, MultiScaleCycleScan, PerScaleCycleScan
 from segblocks.models.hrsam import (
     HRSAM_PRESETS,
+    MAE_ABSENT_KEYS,
     HRSAMEncoder,
     HRSAMPlusPlusEncoder,
+    hrsam_pp_tiny,
     hrsam_pp_vit_b,
+    hrsam_tiny,
     hrsam_vit_b,
     interpolate_pos_embed,
+    mae_to_hrsam,
 )
 
 # Very small encoders: 32-d, 2 heads (head dim 16, RoPE needs a multiple of 4), 4 stages x 2 blocks.
@@ -94,13 +100,16 @@ def test_vit_b_block_structure():
         assert isinstance(b.attn, FlashSwinAttention)
         assert (b.attn.window_size, b.attn.num_heads, b.attn.dim) == (16, 12, 768)
         assert b.attn.kv_padding and b.attn.rope is not None
-        assert b.mlp.lin1.out_features == 3072 and isinstance(b.mlp.act, torch.nn.GELU)
+        assert b.mlp.fc1.out_features == 3072 and isinstance(b.mlp.act, torch.nn.GELU)
     assert len(model.cycle_scans) == 4
     assert all(type(s) is CycleScan and s.d_state == 32 and s.repeats == 3 for s in model.cycle_scans)
     assert tuple(model.pos_embed.shape) == (1, 14, 14, 768)
     assert model.refine[0].groups == 256 and model.refine[0].bias is None  # depthwise 3x3, no bias
     assert all(p[0].bias is None and p[0].out_features == 256 for p in model.stage_proj)
     assert set(HRSAM_PRESETS) == {"vit_b", "pp_vit_b", "tiny", "pp_tiny"}
+    # the authors' base config: drop path linear from 0 to 0.2 over the 12 blocks
+    rates = [b.drop_path.p for b in model.blocks]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2) and rates == sorted(rates)
 
 
 def _call_order(model, x):
@@ -252,3 +261,125 @@ def test_gradients_reach_every_parameter(cls):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     for name in ("pos_embed", "blocks.1.attn.pad_token", "cycle_scans.0.A_log", "refine.0.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
+# ----------------------------------------------------------------------------- faithful defaults
+@pytest.mark.parametrize("cls", ENCODERS)
+def test_layernorm_eps_as_authors(cls):
+    """Every LayerNorm of the authors' HRSAMViT is nn.LayerNorm(C) (eps 1e-5), the output head's too."""
+    model = _small(cls)
+    for b in model.blocks:
+        assert b.norm1.eps == 1e-5 and b.norm2.eps == 1e-5
+    assert model.refine[1].eps == 1e-5
+    assert all(m.eps == 1e-5 for m in model.modules() if isinstance(m, torch.nn.LayerNorm))
+    # the block's LN is the plain formula with eps 1e-5
+    x = torch.randn(2, 5, 32, dtype=torch.float64) * 1e-3  # small variance: eps matters
+    norm = model.blocks[0].norm1.double()
+    mu = x.mean(-1, keepdim=True)
+    ref = (x - mu) / torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + 1e-5)
+    torch.testing.assert_close(norm(x), ref * norm.weight + norm.bias)
+
+
+def test_drop_path_defaults():
+    assert inspect.signature(HRSAMEncoder).parameters["drop_path_rate"].default == 0.2
+    for make in (hrsam_tiny, hrsam_pp_tiny):  # the CPU demo presets keep 0 (documented)
+        assert all(b.drop_path.p == 0.0 for b in make().blocks)
+    assert hrsam_tiny(drop_path_rate=0.3).blocks[-1].drop_path.p == pytest.approx(0.3)
+
+
+# ----------------------------------------------------------------------------- MAE weights
+MAE_DECODER_KEYS = ("decoder_embed.weight", "decoder_embed.bias", "decoder_pos_embed", "decoder_blocks.0.norm1.weight",
+                    "decoder_norm.weight", "decoder_pred.weight", "decoder_pred.bias")
+
+
+def _mae_state_dict(depth, dim, grid, hidden, generator):
+    """Random tensors under MAE's key names (facebookresearch/mae models_mae.py MaskedAutoencoderViT)."""
+    r = lambda *shape: torch.randn(*shape, generator=generator)  # noqa: E731
+    sd = {
+        "cls_token": r(1, 1, dim),
+        "mask_token": r(1, 1, dim),
+        "pos_embed": r(1, 1 + grid * grid, dim),
+        "patch_embed.proj.weight": r(dim, 3, 16, 16),
+        "patch_embed.proj.bias": r(dim),
+        "norm.weight": r(dim),
+        "norm.bias": r(dim),
+    }
+    for i in range(depth):
+        p = f"blocks.{i}."
+        sd.update({
+            p + "norm1.weight": r(dim), p + "norm1.bias": r(dim),
+            p + "attn.qkv.weight": r(3 * dim, dim), p + "attn.qkv.bias": r(3 * dim),
+            p + "attn.proj.weight": r(dim, dim), p + "attn.proj.bias": r(dim),
+            p + "norm2.weight": r(dim), p + "norm2.bias": r(dim),
+            p + "mlp.fc1.weight": r(hidden, dim), p + "mlp.fc1.bias": r(hidden),
+            p + "mlp.fc2.weight": r(dim, hidden), p + "mlp.fc2.bias": r(dim),
+        })
+    for k in MAE_DECODER_KEYS:
+        sd[k] = r(4, 4)
+    return sd
+
+
+def _expected_absent(model):
+    """The encoder keys MAE has no counterpart for, listed by hand."""
+    depth = len(model.blocks)
+    keys = {f"blocks.{i}.attn.pad_token" for i in range(depth)}
+    heads = ("cycle_scans.", "fusion_scans.", "stage_proj.", "refine.")
+    keys |= {k for k in model.state_dict() if k.startswith(heads)}
+    return keys
+
+
+def test_mae_to_hrsam_maps_keys_and_pos_embed():
+    g = torch.Generator().manual_seed(0)
+    sd = _mae_state_dict(depth=2, dim=8, grid=3, hidden=32, generator=g)
+    before = {k: v.clone() for k, v in sd.items()}
+    out = mae_to_hrsam(sd)
+    assert {k: v for k, v in sd.items()}.keys() == before.keys()  # input untouched
+    dropped = {"cls_token", "mask_token", "norm.weight", "norm.bias", *MAE_DECODER_KEYS}
+    assert set(out) == (set(sd) - dropped)
+    pos = torch.empty(1, 3, 3, 8)
+    for i in range(3):
+        for j in range(3):
+            pos[0, i, j] = sd["pos_embed"][0, 1 + i * 3 + j]  # class token first, grid row-major
+    assert torch.equal(out["pos_embed"], pos)
+    assert torch.equal(out["blocks.1.mlp.fc2.weight"], sd["blocks.1.mlp.fc2.weight"])
+    with pytest.raises(ValueError, match="pos_embed"):
+        mae_to_hrsam({"pos_embed": torch.zeros(1, 3, 3, 8)})
+    with pytest.raises(ValueError, match="square"):
+        mae_to_hrsam({"cls_token": torch.zeros(1, 1, 8), "pos_embed": torch.zeros(1, 1 + 8, 8)})
+
+
+@pytest.mark.parametrize("cls", ENCODERS)
+def test_mae_checkpoint_loads_into_encoder(cls, tmp_path):
+    model = _small(cls)
+    g = torch.Generator().manual_seed(1)
+    sd = _mae_state_dict(depth=len(model.blocks), dim=32, grid=5, hidden=128, generator=g)
+    path = tmp_path / "mae_pretrain.pth"
+    torch.save({"model": sd}, path)  # MAE's release layout
+    untouched = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("cycle_scans.", "refine."))}
+    result = model.load_checkpoint(path)  # strict: only MAE-absent keys may be missing
+    assert result.unexpected_keys == []
+    assert set(result.missing_keys) == _expected_absent(model)
+    assert all(any(re.fullmatch(p, k) for p in MAE_ABSENT_KEYS) for k in result.missing_keys)
+    state = model.state_dict()
+    for k, v in sd.items():
+        if k.startswith(("blocks.", "patch_embed.")):
+            assert torch.equal(state[k], v), k
+    assert torch.equal(state["pos_embed"], sd["pos_embed"][:, 1:].reshape(1, 5, 5, 32))
+    for k, v in untouched.items():
+        assert torch.equal(state[k], v), k
+    # a missing block weight is still an error
+    del sd["blocks.0.mlp.fc1.weight"]
+    torch.save(sd, path)
+    with pytest.raises(ValueError, match=r"blocks\.0\.mlp\.fc1\.weight"):
+        _small(cls).load_checkpoint(path)
+
+
+def test_mae_checkpoint_other_grid_is_resized(tmp_path):
+    """MAE ViT-B's 14x14 table into a 5x5-grid encoder: class token dropped, then bilinear resize."""
+    model = _small(HRSAMEncoder)
+    g = torch.Generator().manual_seed(2)
+    sd = _mae_state_dict(depth=len(model.blocks), dim=32, grid=7, hidden=128, generator=g)
+    missing, unexpected = model.load_state_dict(sd, strict=False)  # the plain torch path converts too
+    assert unexpected == [] and set(missing) == _expected_absent(model)
+    grid = sd["pos_embed"][:, 1:].reshape(1, 7, 7, 32).double()
+    torch.testing.assert_close(model.pos_embed.detach().double()[0], _bilinear_reference(grid[0], 5, 5), atol=1e-5, rtol=1e-5)

@@ -1,5 +1,5 @@
-"""HRSAM training stages: distillation loss and teachers, precomputed embeddings, LR schedule, stage-2 module,
-and the two-stage recipes through the ``lightning`` console script.
+"""HRSAM training stages: distillation loss and teachers, precomputed embeddings, LR schedule with layer decay,
+the stage-2 model (SAM decoder on an HRSAM encoder), and the two-stage recipes through the ``lightning`` script.
 
 References are written here: preprocessing + MSE in float64, the schedule formula of HRSAM supp. D.3.
 """
@@ -21,12 +21,13 @@ from segblocks.lightning.distill_module import (
     PrecomputedEmbeddings,
     SamDistillation,
     embedding_file,
-    main as precompute_main,
     precompute_embeddings,
+    precompute_teacher_embeddings,
 )
-from segblocks.lightning.hrsam_module import HRSAMInteractive
+from segblocks.lightning.interactive_module import InteractiveSegmentation
+from segblocks.models import create_model, load_checkpoint
 from segblocks.models.hrsam import HRSAMEncoder, HRSAMPlusPlusEncoder, hrsam_tiny
-from segblocks.models.sam import ViTImageEncoder, sam_tiny
+from segblocks.models.sam import SamClickModel, ViTImageEncoder, sam_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
@@ -93,10 +94,10 @@ def test_distillation_bad_arguments(tmp_path):
         SamDistillation(student=_student())
     with pytest.raises(ValueError, match="exactly one teacher"):
         SamDistillation(student=_student(), teacher=_teacher(), embeddings_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="student_preset"):
-        SamDistillation(student_preset="huge", teacher=_teacher())
+    with pytest.raises(ValueError, match="unknown model 'huge'"):
+        SamDistillation(student="huge", teacher=_teacher())
     with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
-        SamDistillation(student=_student(), teacher=_teacher(), teacher_checkpoint=str(tmp_path / "none.pth"))
+        SamDistillation(student=_student(), teacher=create_model("sam_tiny_encoder", checkpoint=str(tmp_path / "none.pth")))
     module = SamDistillation(student=_student(out_chans=8), teacher=_teacher())
     with pytest.raises(ValueError, match="differ"):
         module.distillation_loss(_batch(), "train")
@@ -106,9 +107,9 @@ def test_teacher_checkpoint_is_loaded(tmp_path):
     teacher = _teacher()
     torch.save({"state_dict": {f"sam.image_encoder.{k}": v for k, v in teacher.state_dict().items()}}, tmp_path / "t.ckpt")
     torch.manual_seed(5)
-    module = SamDistillation(student=_student(), teacher=ViTImageEncoder(
-        img_size=64, embed_dim=32, depth=2, num_heads=2, out_chans=16, window_size=2, global_attn_indexes=(1,)),
-        teacher_checkpoint=str(tmp_path / "t.ckpt"), teacher_prefix="sam.image_encoder.")
+    other = ViTImageEncoder(img_size=64, embed_dim=32, depth=2, num_heads=2, out_chans=16, window_size=2, global_attn_indexes=(1,))
+    load_checkpoint(other, tmp_path / "t.ckpt", prefix="sam.image_encoder.")
+    module = SamDistillation(student=_student(), teacher=other)
     for k, v in teacher.state_dict().items():
         torch.testing.assert_close(module.teacher.state_dict()[k], v)
 
@@ -151,11 +152,10 @@ def test_precomputed_embeddings_errors(tmp_path):
         reader(["flat"])
 
 
-def test_precompute_command_and_image_datamodule(tmp_path, capsys):
-    common = ["--cache-dir", str(tmp_path / "cache"), "--synthetic-num-train", "3", "--synthetic-num-val", "2"]
-    precompute_main(["--out", str(tmp_path / "emb"), "--image-size", "64", *common])
-    assert "train: wrote" in capsys.readouterr().out
+def test_precompute_teacher_embeddings_and_image_datamodule(tmp_path):
     dm = DistillationDataModule(image_size=64, cache_dir=str(tmp_path / "cache"), synthetic_num_train=3, synthetic_num_val=2)
+    written = precompute_teacher_embeddings(teacher="sam_tiny_encoder", out_dir=tmp_path / "emb", datamodule=dm, device="cpu")
+    assert written["train"] > 0 and written["val"] > 0
     dm.setup("fit")
     sample = dm.train_dataset[0]
     h, w = sample["valid_size"]
@@ -169,71 +169,92 @@ def test_precompute_command_and_image_datamodule(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- optimiser and schedule
-def _lrs(module, total: int) -> tuple[list[float], dict]:
+def _lrs(module, total: int) -> tuple[list[list[float]], dict]:
     module._trainer = SimpleNamespace(estimated_stepping_batches=total)
     cfg = module.configure_optimizers()
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
     assert cfg["lr_scheduler"]["interval"] == "step"
     lrs = []
     for _ in range(total + 1):
-        lrs.append(opt.param_groups[0]["lr"])
+        lrs.append([g["lr"] for g in opt.param_groups])
         opt.step()
         sched.step()
     return lrs, cfg
 
 
+def _hrsam_factor(t: int, warmup: int, total: int) -> float:
+    """mmengine LinearLR(start_factor=1e-6) over ``warmup`` steps, then PolyLR(power=1, eta_min=0) (HRSAM supp. D.3)."""
+    return 1e-6 + (1 - 1e-6) * t / warmup if t < warmup else max(0.0, 1 - (t - warmup) / (total - warmup))
+
+
 @pytest.mark.parametrize("which", ["distill", "interactive"])
 def test_warmup_poly_schedule_matches_formula(which):
     lr, warmup, total = 1e-4, 5, 20
-    if which == "distill":
-        module = SamDistillation(student=_student(), teacher=_teacher(), lr=lr, warmup_steps=warmup)
+    if which == "distill":  # layer decay 0.9 over the student's blocks (HRSAM stage 1)
+        student = _student()
+        module = SamDistillation(student=student, teacher=_teacher(), lr=lr, warmup_steps=warmup)
+        L = len(student.blocks)
+        expected_scale = {f"blocks.{i}.": 0.9 ** (L - i) for i in range(L)}
     else:
-        module = HRSAMInteractive(encoder=_student(out_chans=64), lr=lr, warmup_steps=warmup)
+        module = InteractiveSegmentation(model="sam_hrsam_tiny", lr=lr, warmup_steps=warmup)
+        expected_scale = {}
     lrs, cfg = _lrs(module, total)
-    for t, got in enumerate(lrs):  # mmengine LinearLR(start_factor=1e-6) then PolyLR(power=1, eta_min=0)
-        expected = lr * (1e-6 + (1 - 1e-6) * t / warmup) if t < warmup else lr * max(0.0, 1 - (t - warmup) / (total - warmup))
-        assert got == pytest.approx(expected, rel=1e-9, abs=1e-15), t
-    decay, no_decay = cfg["optimizer"].param_groups
-    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0 and decay["betas"] == (0.9, 0.999)
+    groups = cfg["optimizer"].param_groups
+    for g in groups:
+        for name in g["names"]:
+            block = next((k for k in expected_scale if k in name and "cycle_scans" not in name), None)
+            assert g["lr_scale"] == pytest.approx(expected_scale[block] if block else 1.0), name
+    for t, row in enumerate(lrs):
+        for g, got in zip(groups, row):
+            assert got == pytest.approx(lr * g["lr_scale"] * _hrsam_factor(t, warmup, total), rel=1e-9, abs=1e-15), t
+    decay = [g for g in groups if g["weight_decay"] == 0.05]
+    no_decay = [g for g in groups if g["weight_decay"] == 0.0]
+    assert decay and no_decay and all(g["betas"] == (0.9, 0.999) for g in groups)
     scan = next(m for m in module.modules() if isinstance(m, CycleScan))
-    assert any(p is scan.A_log for p in no_decay["params"]) and not any(p is scan.A_log for p in decay["params"])
-    assert any(p is scan.in_proj.weight for p in decay["params"])
+    assert any(p is scan.A_log for g in no_decay for p in g["params"])
+    assert any(p is scan.in_proj.weight for g in decay for p in g["params"])
 
 
-# ----------------------------------------------------------------------------- stage 2 module
-def test_interactive_module_swaps_encoder_and_loads_stage1(tmp_path):
-    stage1 = SamDistillation(student_preset="pp_tiny", teacher=_teacher())
+# ----------------------------------------------------------------------------- stage 2 model
+def test_stage2_model_loads_stage1_encoder_without_building_a_vit(tmp_path, monkeypatch):
+    stage1 = SamDistillation(student="hrsam_pp_tiny", teacher=_teacher())
     torch.save({"state_dict": stage1.state_dict()}, tmp_path / "s1.ckpt")
-    module = HRSAMInteractive(encoder_preset="pp_tiny", encoder_checkpoint=str(tmp_path / "s1.ckpt"))
-    assert isinstance(module.sam.image_encoder, HRSAMPlusPlusEncoder)
+    import segblocks.models.sam.sam as sam_module
+
+    def no_vit(**kwargs):
+        raise AssertionError("a ViT image encoder was built for an HRSAM model")
+
+    monkeypatch.setattr(sam_module, "_vit_encoder", no_vit)
+    encoder = create_model("hrsam_pp_tiny", checkpoint=str(tmp_path / "s1.ckpt"), checkpoint_prefix="student.")
+    sam = create_model("sam_hrsam_pp_tiny", encoder=encoder)
+    assert sam.image_encoder is encoder and isinstance(encoder, HRSAMPlusPlusEncoder)
     for k, v in stage1.student.state_dict().items():
-        torch.testing.assert_close(module.sam.image_encoder.state_dict()[k], v)
-    state = module.encode(torch.rand(1, 3, 64, 48) * 255, torch.tensor([[64, 40]]))
+        torch.testing.assert_close(sam.image_encoder.state_dict()[k], v)
+    state = SamClickModel(sam=sam).encode(torch.rand(1, 3, 64, 48) * 255, torch.tensor([[64, 40]]))
     assert state.embeddings.shape == (1, 64, 4, 3)
     with pytest.raises(ValueError, match="out_chans"):
-        HRSAMInteractive(encoder=_student())  # 16-d encoder vs the 64-d tiny decoder
-    with pytest.raises(ValueError, match="encoder_preset"):
-        HRSAMInteractive(encoder_preset="huge")
-    with pytest.raises(ValueError, match="missing keys"):
-        HRSAMInteractive(encoder_preset="tiny", encoder_checkpoint=str(tmp_path / "s1.ckpt"))  # ++ weights into HRSAM
-    assert isinstance(HRSAMInteractive().sam.image_encoder, HRSAMEncoder)
+        create_model("sam_hrsam_tiny", encoder=_student())  # 16-d encoder vs the 64-d tiny decoder
+    with pytest.raises(ValueError, match="missing keys"):  # ++ weights into HRSAM: strict by default
+        create_model("hrsam_tiny", checkpoint=str(tmp_path / "s1.ckpt"), checkpoint_prefix="student.")
+    assert isinstance(create_model("sam_hrsam_tiny").image_encoder, HRSAMEncoder)
 
 
-def test_interactive_module_takes_only_the_decoder_side_of_a_sam_checkpoint(tmp_path):
+def test_decoder_takes_only_the_decoder_side_of_a_sam_checkpoint(tmp_path):
     torch.manual_seed(3)
     sam = sam_tiny()
-    state = {f"sam.{k}": v for k, v in sam.state_dict().items()}
-    state["sam.image_encoder.pos_embed"] = torch.zeros(1, 3, 3, 96)  # another encoder: must not matter
-    state["sam.prompt_encoder.point_embeddings.2.weight"] = torch.zeros(1, 64)  # box corner: ignored
+    state = {f"model.sam.{k}": v for k, v in sam.state_dict().items()}
+    state["model.sam.image_encoder.pos_embed"] = torch.zeros(1, 3, 3, 96)  # another encoder: must not matter
+    state["model.sam.prompt_encoder.point_embeddings.2.weight"] = torch.zeros(1, 64)  # box corner: ignored
     torch.save({"state_dict": state}, tmp_path / "sam.ckpt")
-    module = HRSAMInteractive(sam_checkpoint=str(tmp_path / "sam.ckpt"), sam_prefix="sam.")
+    decoder = create_model("sam_tiny_decoder", checkpoint=str(tmp_path / "sam.ckpt"), checkpoint_prefix="model.sam.")
+    assert decoder.checkpoint_report.missing_keys == [] and decoder.checkpoint_report.unexpected_keys == []
     for part in ("prompt_encoder", "mask_decoder"):
         for k, v in getattr(sam, part).state_dict().items():
-            torch.testing.assert_close(getattr(module.sam, part).state_dict()[k], v)
-    del state["sam.mask_decoder.iou_token.weight"]
+            torch.testing.assert_close(getattr(decoder, part).state_dict()[k], v)
+    del state["model.sam.mask_decoder.iou_token.weight"]
     torch.save({"state_dict": state}, tmp_path / "partial.ckpt")
     with pytest.raises(ValueError, match="iou_token"):
-        HRSAMInteractive(sam_checkpoint=str(tmp_path / "partial.ckpt"), sam_prefix="sam.")
+        create_model("sam_tiny_decoder", checkpoint=str(tmp_path / "partial.ckpt"), checkpoint_prefix="model.sam.")
 
 
 # ----------------------------------------------------------------------------- recipes through the console script
@@ -263,7 +284,7 @@ def test_two_stage_recipe_then_grabcut_noc(name, tmp_path, shared_data):
     run("s1", ["fit", "-c", f"recipes/{name}_distill.yaml", *fit, "--data.image_size=64"])
     stage1 = tmp_path / "s1" / "ckpt" / "last.ckpt"
     assert stage1.is_file() and not any(k.startswith("teacher.") for k in torch.load(stage1, weights_only=False)["state_dict"])
-    run("s2", ["fit", "-c", f"recipes/{name}.yaml", *fit, f"--model.init_args.encoder_checkpoint={stage1}",
+    run("s2", ["fit", "-c", f"recipes/{name}.yaml", *fit, f"--model.model.sam.encoder.checkpoint={stage1}",
                "--data.crop_size=64", "--data.eval_size=64", "--model.init_args.val_clicks=2"])
     stage2 = tmp_path / "s2" / "ckpt" / "last.ckpt"
     assert stage2.is_file()

@@ -22,15 +22,14 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
-import segblocks.lightning.interactive_module as interactive_module
+import segblocks.interactive.training as interactive_training
 from segblocks.interactive import TRAIN_INNER_K, Clicks, next_click
 from segblocks.interactive.evaluation import evaluate_clicks, write_click_report
 from segblocks.interactive.protocol import ClickPrompts, InteractiveModel, logits_to_input
 from segblocks.lightning.interactive_datamodule import InteractiveDataModule
 from segblocks.lightning.interactive_module import InteractiveSegmentation
-from segblocks.lightning.sam_module import SamInteractive
 from segblocks.metrics import InteractiveMetrics
-from segblocks.models.sam import sam_tiny
+from segblocks.models.sam import SamClickModel, sam_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 T = 48  # eval size of the tiny benchmark
@@ -126,7 +125,7 @@ class RevealRows:
 
 
 def test_models_satisfy_protocol():
-    for model in (GroundTruthOracle(), EmptyModel(), RevealRows(), SamInteractive()):
+    for model in (GroundTruthOracle(), EmptyModel(), RevealRows(), SamClickModel(sam=sam_tiny())):
         assert isinstance(model, InteractiveModel)
 
 
@@ -281,23 +280,11 @@ def test_write_click_report_shapes_and_missing_matplotlib(tmp_path, monkeypatch,
 
 
 # ----------------------------------------------------------------------------- Lightning module: test_step
-class OracleModule(InteractiveSegmentation):
-    def __init__(self, *, empty: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.model = EmptyModel() if empty else GroundTruthOracle()
-
-    def encode(self, images, valid_size):
-        return self.model.encode(images, valid_size)
-
-    def decode(self, state, prompts, previous):
-        return self.model.decode(state, prompts, previous)
-
-
 @pytest.mark.parametrize("empty", [False, True])
 def test_test_step_through_trainer(benchmark, tmp_path, empty, capsys):
     root, records = benchmark
     dm = InteractiveDataModule(root=str(root), layout="grabcut", eval_size=T, eval_batch_size=1)
-    module = OracleModule(empty=empty)
+    module = InteractiveSegmentation(model=EmptyModel() if empty else GroundTruthOracle())  # any protocol object
     trainer = Trainer(
         limit_test_batches=3, logger=CSVLogger(tmp_path / "logs"), enable_progress_bar=False,
         enable_model_summary=False, accelerator="cpu",
@@ -321,11 +308,11 @@ def test_test_step_through_trainer(benchmark, tmp_path, empty, capsys):
 
 
 # ----------------------------------------------------------------------------- Lightning module: training
-class TinyConvModule(InteractiveSegmentation):
+class TinyConvModel(torch.nn.Module):
     """Image + disk maps of the clicks + previous logits -> logits; records every decode call."""
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self):
+        super().__init__()
         nn = torch.nn
         self.net = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
         self.calls = []
@@ -369,13 +356,13 @@ def test_training_step_simulation_is_no_grad_eval_mode_and_feeds_back(monkeypatc
         inner_ks.append(kwargs["inner_k"])
         return next_click(*args, **kwargs)
 
-    monkeypatch.setattr(interactive_module, "sample_num_clicks", lambda **kw: 3)
-    monkeypatch.setattr(interactive_module, "next_click", recording_next_click)
-    module = TinyConvModule(point_loss_weight=0.5)
+    monkeypatch.setattr(interactive_training, "sample_num_clicks", lambda **kw: 3)
+    monkeypatch.setattr(interactive_training, "next_click", recording_next_click)
+    module = InteractiveSegmentation(model=TinyConvModel(), point_loss_weight=0.5)
     module.train()
     loss = module.training_step(_train_batch(), 0)
     assert inner_ks == [1.0, TRAIN_INNER_K, TRAIN_INNER_K, TRAIN_INNER_K]
-    calls = module.calls
+    calls = module.model.calls
     assert len(calls) == 4  # 3 simulated decodes + the graded one
     for call in calls[:3]:
         assert not call["grad"] and not call["training"] and call["out"].grad_fn is None
@@ -388,7 +375,7 @@ def test_training_step_simulation_is_no_grad_eval_mode_and_feeds_back(monkeypatc
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
 
-def _soft_iou_after_first_click(module: SamInteractive, batch: dict) -> float:
+def _soft_iou_after_first_click(module: InteractiveSegmentation, batch: dict) -> float:
     """Soft IoU of sigmoid(logits) with the objects after one deterministic first click (eval mode)."""
     gt = batch["mask"]
     B, H, W = gt.shape
@@ -408,7 +395,7 @@ def _soft_iou_after_first_click(module: SamInteractive, batch: dict) -> float:
 def test_sam_iterative_training_learns_a_fixed_batch():
     """NFL renormalises its focal weights, so its value is a poor progress signal; the soft IoU is not."""
     torch.manual_seed(0)
-    module = SamInteractive(gamma=0.5, max_train_clicks=3, point_loss_weight=1.0)
+    module = InteractiveSegmentation(model="sam_tiny", gamma=0.5, max_train_clicks=3, point_loss_weight=1.0)
     batch = _train_batch(H=64, W=64)
     opt = torch.optim.AdamW(module.parameters(), lr=2e-3)
     before = _soft_iou_after_first_click(module, batch)
@@ -425,7 +412,7 @@ def test_sam_iterative_training_learns_a_fixed_batch():
 
 # ----------------------------------------------------------------------------- SAM module
 def test_sam_encode_ignores_padding_content_and_decode_shapes():
-    module = SamInteractive().eval()
+    module = SamClickModel(sam=sam_tiny()).eval()
     images = torch.rand(2, 3, 64, 64) * 255
     valid = torch.tensor([[64, 40], [50, 64]])
     other = images.clone()
@@ -442,22 +429,26 @@ def test_sam_encode_ignores_padding_content_and_decode_shapes():
         assert not torch.allclose(again, out)  # the previous logits are a prompt
 
 
-def test_sam_module_construction(tmp_path):
+def test_sam_click_model_and_module_construction():
     sam = sam_tiny()
-    assert SamInteractive(sam=sam).sam is sam
-    assert "sam" not in SamInteractive(sam=sam).hparams
-    with pytest.raises(ValueError, match="not both"):
-        SamInteractive(sam=sam, preset="tiny")
-    with pytest.raises(ValueError, match="preset"):
-        SamInteractive(preset="vit_h")
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
-        SamInteractive(checkpoint=str(tmp_path / "missing.pth"))
-    frozen = SamInteractive(freeze_image_encoder=True)
+    module = InteractiveSegmentation(model=SamClickModel(sam=sam))
+    assert module.model.sam is sam and "model" not in module.hparams  # injected modules stay out of hparams
+    named = InteractiveSegmentation(model="sam_tiny")  # a registry name, resolved once
+    assert isinstance(named.model, SamClickModel) and named.hparams.model == "sam_tiny"
+    assert isinstance(InteractiveSegmentation(model=sam_tiny()).model, SamClickModel)  # a bare SamModel is wrapped
+    with pytest.raises(TypeError, match="encode"):
+        InteractiveSegmentation(model=torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="unknown model"):
+        InteractiveSegmentation(model="sam_vit_h")
+    with pytest.raises(TypeError, match="SamModel"):
+        SamClickModel(sam=torch.nn.Linear(2, 2))
+    frozen = SamClickModel(sam="sam_tiny", freeze_image_encoder=True)
     assert not any(p.requires_grad for p in frozen.sam.image_encoder.parameters())
+    assert all(p.requires_grad for p in frozen.sam.mask_decoder.parameters())
     state = frozen.encode(torch.rand(1, 3, 32, 32) * 255, torch.tensor([[32, 32]]))
     assert state.embeddings.grad_fn is None
     with pytest.raises(ValueError, match="val_clicks"):
-        SamInteractive(val_clicks=0)
+        InteractiveSegmentation(model="sam_tiny", val_clicks=0)
 
 
 # ----------------------------------------------------------------------------- DataModule

@@ -690,3 +690,21 @@ def test_criterion_rejects_targets_not_covering_the_prediction_grid():
     targets = [{"labels": torch.tensor([1]), "masks": torch.ones(1, 32, 40, dtype=torch.bool)}]  # not 8:8 aspect
     with pytest.raises(ValueError, match="do not cover"):
         criterion(outputs, targets)
+
+
+def test_point_sampled_losses_do_not_share_the_dense_losses_names():
+    """``segblocks.losses.dice_loss`` (dense, ignore index) and Mask2Former's point-sampled dice
+    are different functions with different names; the latter checked against float64 loops."""
+    import segblocks.losses
+
+    assert not hasattr(criterion_module, "dice_loss") and not hasattr(criterion_module, "sigmoid_ce_loss")
+    assert criterion_module.point_sampled_dice_loss is not segblocks.losses.dice_loss
+    logits, targets = torch.randn(3, 7, dtype=torch.float64), (torch.rand(3, 7) > 0.5).double()
+    dice = ce = 0.0
+    for m in range(3):
+        p = [1 / (1 + math.exp(-v)) for v in logits[m].tolist()]
+        t = targets[m].tolist()
+        dice += 1 - (2 * sum(a * b for a, b in zip(p, t)) + 1) / (sum(p) + sum(t) + 1)
+        ce += sum(-(b * math.log(a) + (1 - b) * math.log(1 - a)) for a, b in zip(p, t)) / 7
+    assert abs(criterion_module.point_sampled_dice_loss(logits, targets, 2.0).item() - dice / 2) < 1e-12
+    assert abs(criterion_module.point_sampled_sigmoid_ce_loss(logits, targets, 2.0).item() - ce / 2) < 1e-12

@@ -103,7 +103,7 @@ def test_encoder_token_bookkeeping(layers_per_stage):
     """Stage k sees [previous output, raw level-k tokens] with k levels (Eq. 1-3)."""
     c = 32
     shapes = [(2, 3), (3, 5), (5, 9)]  # coarse → fine, odd sizes
-    enc = ProgressiveScaleEncoder(layers_per_stage=layers_per_stage, d_model=c)
+    enc = ProgressiveScaleEncoder(layers_per_stage=layers_per_stage, d_model=c, token_recalibration=False)
     log = []
     for k, stage in enumerate(enc.stages):
         for j in range(len(stage)):
@@ -223,3 +223,47 @@ def test_pixel_decoder_lpe_equals_manual_pipeline():
     pooled = F.max_pool2d(y, 3, 1, 1)
     expected = dec.mask_features(F.relu(F.group_norm(pooled, 32, dec.pixel_embedding.norm.weight, dec.pixel_embedding.norm.bias)))
     torch.testing.assert_close(mask_features, expected)
+
+
+def test_default_is_the_papers_full_configuration():
+    """PRO-SCALE (3, 3, 3) with TRC, ε = 0.1 (Table 1, §3.1.1, Table 4; authors' *_proscale_3_3_3_coco.yaml)."""
+    enc = ProgressiveScaleEncoder()
+    assert enc.layers_per_stage == (3, 3, 3) and enc.d_model == 256
+    assert isinstance(enc.token_recalibration, TokenRecalibration)
+    assert enc.token_recalibration.temperature == 0.1
+    assert [len(s) for s in enc.stages] == [3, 3, 3]
+    assert {m.self_attn.n_heads for s in enc.stages for m in s} == {8}
+    assert {m.self_attn.n_points for s in enc.stages for m in s} == {4}
+    assert {m.linear1.out_features for s in enc.stages for m in s} == {1024}
+    ablation = ProgressiveScaleEncoder(token_recalibration=False)  # Table 3's without-TRC row
+    assert ablation.token_recalibration is None
+    assert not any(k.startswith("token_recalibration") for k in ablation.state_dict())
+
+
+def test_pixel_decoder_input_proj_has_a_bias_like_mask2former():
+    """Mask2Former's / PRO-SCALE's ``input_proj.{l}`` = Conv2d 1x1 *with bias* + GroupNorm: the
+    official checkpoints carry ``input_proj.{l}.0.bias`` and must load with every key."""
+    enc = ProgressiveScaleEncoder(layers_per_stage=(0, 0, 1), d_model=32, n_heads=4, token_recalibration=False)
+    dec = MSDeformPixelDecoder(in_channels=[8, 16, 24, 40], encoder=enc, conv_dim=32, mask_dim=16, num_groups=8)
+    keys = set(dec.state_dict())
+    for lvl, c_in in enumerate((40, 24, 16)):  # coarse → fine
+        assert {f"input_proj.{lvl}.0.weight", f"input_proj.{lvl}.0.bias", f"input_proj.{lvl}.1.weight"} <= keys
+        assert dec.input_proj[lvl][0].weight.shape == (32, c_in, 1, 1)
+        assert torch.count_nonzero(dec.input_proj[lvl][0].bias) == 0  # zero init, as Mask2Former
+    assert "lateral.0.bias" not in keys  # the FPN convs are bias-free (followed by GroupNorm)
+    # the bias is used: a hand-written 1x1 conv + bias + GroupNorm in float64
+    proj = dec.input_proj[0].double()
+    with torch.no_grad():
+        proj[0].bias.normal_()
+        proj[1].weight.normal_()
+        proj[1].bias.normal_()
+    x = torch.randn(2, 40, 3, 4, dtype=torch.float64)
+    y = torch.einsum("oc,bchw->bohw", proj[0].weight[:, :, 0, 0], x) + proj[0].bias[None, :, None, None]
+    g = y.reshape(2, 8, 4, 3, 4)  # 8 groups of 4 channels: a per-channel bias is not normalised away
+    mean, var = g.mean((2, 3, 4), keepdim=True), g.var((2, 3, 4), unbiased=False, keepdim=True)
+    expected = ((g - mean) / torch.sqrt(var + 1e-5)).reshape(2, 32, 3, 4)
+    expected = expected * proj[1].weight[None, :, None, None] + proj[1].bias[None, :, None, None]
+    torch.testing.assert_close(proj(x), expected)
+    with torch.no_grad():
+        proj[0].bias.zero_()
+    assert not torch.allclose(proj(x), expected)

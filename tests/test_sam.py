@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from segblocks.interactive import Clicks, clicks_to_points
 from segblocks.models.sam import (
+    PIXEL_MEAN,
+    PIXEL_STD,
     MaskDecoder,
     PromptEncoder,
     SamModel,
@@ -18,11 +20,11 @@ from segblocks.models.sam import (
     ViTImageEncoder,
     load_sam_checkpoint,
     postprocess_masks,
-    resize_longest_side,
     resize_pos_embed,
     sam_tiny,
 )
 from segblocks.models.sam.image_encoder import Block
+from segblocks.ops.geometry import resize_longest_side
 
 D = torch.float64
 
@@ -521,3 +523,48 @@ def test_checkpoint_round_trip_and_grid_resize(tmp_path, caplog):
     torch.save({"foo": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="none of its keys"):
         sam_tiny(checkpoint=path)
+
+
+# ----------------------------------------------------------------------------- faithful defaults
+def test_layernorm_eps_as_sam():
+    """SAM's ViT blocks and its LayerNorm2d (neck, prompt encoder, decoder) use eps 1e-6."""
+    model = sam_tiny()
+    for block in model.image_encoder.blocks:
+        assert block.norm1.eps == 1e-6 and block.norm2.eps == 1e-6
+    lns2d = [m for m in model.modules() if type(m).__name__ == "LayerNorm2d"]
+    assert len(lns2d) == 2 + 2 + 1 and all(m.eps == 1e-6 for m in lns2d)  # neck, mask downscaling, upscaling
+    x = torch.randn(3, 96, dtype=D) * 1e-3  # small variance: eps matters
+    norm = model.image_encoder.blocks[0].norm1.double()
+    mu = x.mean(-1, keepdim=True)
+    ref = (x - mu) / torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + 1e-6) * norm.weight + norm.bias
+    torch.testing.assert_close(norm(x), ref)
+
+
+def test_sam_vit_b_pads_non_square_images_to_1024(monkeypatch):
+    """SAM pads every (longest-side resized) input to img_size²; sam_vit_b does so by default.
+
+    The ViT-B encoder and decoder are swapped for sam_tiny's (built at 1024 px) to keep the test
+    light; the preprocessing under test is sam_vit_b's own.
+    """
+    import segblocks.models.sam.sam as sam_module
+
+    small_encoder = lambda: ViTImageEncoder(  # noqa: E731
+        img_size=1024, embed_dim=32, depth=1, num_heads=2, out_chans=64, window_size=8, global_attn_indexes=(0,)
+    )
+    monkeypatch.setattr(sam_module, "sam_vit_b_encoder", small_encoder)
+    monkeypatch.setattr(sam_module, "sam_vit_b_decoder", sam_module.sam_tiny_decoder)
+    model = sam_module.sam_vit_b().eval()
+    image = torch.rand(1, 3, 768, 1024) * 255  # a 3:4 photo after SAM's ResizeLongestSide(1024)
+    x = model.preprocess(image)
+    assert x.shape == (1, 3, 1024, 1024)
+    mean, std = torch.tensor(PIXEL_MEAN).view(3, 1, 1), torch.tensor(PIXEL_STD).view(3, 1, 1)
+    torch.testing.assert_close(x[0, :, :768], (image[0] - mean) / std)
+    assert not x[:, :, 768:].any()  # zeros below the image, as SAM's F.pad after normalising
+    with torch.no_grad():
+        state = model.encode(image)
+    assert state.embeddings.shape == (1, 64, 64, 64) and state.input_size == (768, 1024)  # SAM's 64 x 64 grid
+    with pytest.raises(ValueError, match="larger than pad_size"):
+        model.preprocess(torch.rand(1, 3, 1040, 512))
+    # the multiple-of-16 padding stays an option
+    loose = sam_module.sam_vit_b(pad_to_square=False)
+    assert loose.preprocess(torch.rand(1, 3, 100, 200)).shape == (1, 3, 112, 208)

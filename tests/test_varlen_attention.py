@@ -254,3 +254,29 @@ def test_cuda_backends(backend, dtype):
     tol = 2e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
     check_grads(out, expected, q, k, v, tol * 5)
+
+
+def test_op_subpackages_are_not_shadowed_by_their_functions():
+    """``segblocks.ops`` must not bind ``varlen_attention`` & co. to the functions: that would
+    replace the subpackages and break ``import segblocks.ops.varlen_attention.naive``."""
+    import subprocess
+    import sys
+
+    code = """
+import types
+import segblocks, segblocks.ops
+import segblocks.ops.varlen_attention.naive, segblocks.ops.varlen_attention.padded, segblocks.ops.varlen_attention.sdpa
+import segblocks.ops.selective_scan.chunked, segblocks.ops.selective_scan.naive
+import segblocks.ops.ms_deform_attn.naive
+for name in ("varlen_attention", "selective_scan", "ms_deform_attn"):
+    pkg = getattr(segblocks.ops, name)
+    assert isinstance(pkg, types.ModuleType), (name, pkg)
+    assert callable(getattr(pkg, name)) and getattr(segblocks, name) is getattr(pkg, name), name
+assert segblocks.ops.varlen_attention.naive.varlen_attention_reference
+from segblocks.ops.varlen_attention import varlen_attention, SeqLens
+from segblocks.ops import SeqLens as S2, explain_varlen_attention
+assert S2 is SeqLens
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

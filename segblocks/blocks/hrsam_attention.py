@@ -1,6 +1,6 @@
 """HRSAM's local attention: Flexible Local Attention with KV-only padding and 2-D RoPE, Flash Swin.
 
-Huang et al., "HRSAM / HRSAM++" (seed 002). Flexible Local Attention (FLA, §3.2, Eq. 2-4)
+Huang et al., "HRSAM: Efficient Interactive Segmentation in High-Resolution Images". Flexible Local Attention (FLA, §3.2, Eq. 2-4)
 turns any window partition into one block-diagonal attention call: reorder the tokens with an
 index map ``I`` so every window is a contiguous segment (Eq. 2-3), attend within segments
 (Eq. 4, ``varlen_attention``), reorder back with ``I^-1``. Flash Swin (§3.3, Eq. 5-8, App. A
@@ -11,12 +11,17 @@ shorter segments and no ``O(N^2)`` shift mask is needed. KV-only padding (§3.4,
 learnable pad token appended to the sequence; queries stay the real tokens only. Multi-scale
 inputs (HRSAM++, §3.6, App. C Eq. 19) are windowed per scale and share the pad token.
 
-Where the paper is silent we follow the authors' code (project notes official_code_facts
-§1.2, §2.2): the pad token is a ``zeros(1, C)`` parameter appended to the (already
-normalised) tokens *before* ``qkv``, so the pad key/value are learned projections; RoPE
-(:mod:`segblocks.layers.rope`) rotates queries and keys by their *padded-grid* coordinates
-(top/left padding included, pads at their own positions); a scale that fits in one window is
-never shifted. The index maps come from :mod:`segblocks.ops.fla_mapping`.
+Where the paper is silent we follow the authors' code (YouHuang67/High-Resolution-Segment-Anything,
+``models/backbones/hrsam.py``, and the same attention in YouHuang67/inter2former,
+``inter2former/backbones/hrsam_no_ssm.py``): the pad token is a ``zeros(1, C)`` parameter
+appended to the (already normalised) tokens *before* ``qkv``, so the pad key/value are learned
+projections; RoPE (:mod:`segblocks.layers.rope`) rotates queries and keys by their
+*padded-grid* coordinates (top/left padding included, pads at their own positions).
+
+A scale that fits in one window: ``shift_single_window=True`` (default) shifts it like every
+other scale, as HRSAM's App. A Listing 1 and its code do; ``False`` keeps it one unshifted
+window, the rule of Inter2Former's backbone (see :mod:`segblocks.ops.fla_mapping`). The index
+maps come from :mod:`segblocks.ops.fla_mapping`.
 """
 from __future__ import annotations
 
@@ -26,22 +31,18 @@ import torch
 from torch import nn
 
 from segblocks.layers.rope import VisionRotaryEmbedding2d
+from segblocks.ops._checks import check_int, check_int_pairs, check_module_dtype, check_tensor
 from segblocks.ops.fla_mapping import multi_scale_kv_padding_mapping, multi_scale_mapping
 from segblocks.ops.varlen_attention import varlen_attention
 
 __all__ = ["FlashSwinAttention", "FlexibleLocalAttention"]
 
 
-def _check_shapes(shapes: Sequence[tuple[int, int]], n: int) -> tuple[tuple[int, int], ...]:
-    try:
-        shapes = tuple((int(h), int(w)) for h, w in shapes)
-    except (TypeError, ValueError):
-        raise ValueError(f"shapes must be a sequence of (h, w) pairs, got {shapes!r}") from None
-    if not shapes or any(h < 1 or w < 1 for h, w in shapes):
-        raise ValueError(f"shapes must be a non-empty sequence of (h, w) with h, w >= 1, got {shapes}")
+def _check_shapes(shapes: Sequence[tuple[int, int]], n: int, owner: str) -> tuple[tuple[int, int], ...]:
+    shapes = check_int_pairs(shapes, "shapes", owner=owner, minimum=1)
     total = sum(h * w for h, w in shapes)
     if total != n:
-        raise ValueError(f"shapes {shapes} hold {total} tokens but x has N={n}")
+        raise ValueError(f"{owner}: shapes {shapes} hold {total} tokens but x has N={n}")
     return shapes
 
 
@@ -62,6 +63,8 @@ class FlexibleLocalAttention(nn.Module):
         num_heads: heads (``C`` divisible by it; with RoPE the head dim must be divisible by 4).
         window_size: window side ``k``.
         shift: shift ``s`` in ``[0, k)``; top/left padding ``(k - s) % k`` (Eq. 7-8).
+        shift_single_window: also shift a scale that fits in one window (``h, w <= k``): True as
+            HRSAM's Listing 1 and code; False keeps it one window (Inter2Former's code).
         kv_padding: KV-only padding with a learnable pad token (§3.4).
         rope: 2-D RoPE on queries and keys (§3.1; authors' layout, ``theta = 1e4``, positions
             x 0.5).
@@ -82,18 +85,27 @@ class FlexibleLocalAttention(nn.Module):
         num_heads: int,
         window_size: int,
         shift: int = 0,
+        shift_single_window: bool = True,
         kv_padding: bool = True,
         rope: bool = True,
         qkv_bias: bool = True,
         backend: str = "auto",
     ) -> None:
         super().__init__()
+        owner = type(self).__name__
+        dim = check_int(dim, "dim", owner=owner)
+        num_heads = check_int(num_heads, "num_heads", owner=owner)
         if dim < 1 or num_heads < 1 or dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
+            raise ValueError(f"{owner}: dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
+        window_size = check_int(window_size, "window_size", owner=owner)
         if window_size < 1:
-            raise ValueError(f"window_size must be >= 1, got {window_size}")
+            raise ValueError(f"{owner}: window_size must be >= 1, got {window_size}")
+        shift = check_int(shift, "shift", owner=owner)
         if not 0 <= shift < window_size:
-            raise ValueError(f"shift must be in [0, window_size) = [0, {window_size}), got {shift}")
+            raise ValueError(f"{owner}: shift must be in [0, window_size) = [0, {window_size}), got {shift}")
+        if not isinstance(shift_single_window, bool):
+            raise TypeError(f"{owner}: shift_single_window must be a bool, got {shift_single_window!r}")
+        self.shift_single_window = shift_single_window
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -111,16 +123,16 @@ class FlexibleLocalAttention(nn.Module):
         return self.pad_token is not None
 
     def forward(self, x: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"x must be a floating point tensor, got {getattr(x, 'dtype', type(x))}")
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must be (B, N, C={self.dim}), got shape {tuple(x.shape)}")
-        b, n, c = x.shape
-        shapes = _check_shapes(shapes, n)
+        owner = type(self).__name__
+        b, n, c = check_tensor(x, "x", owner=owner, shape=("B", "N", ("C", self.dim)))
+        check_module_dtype(x, self, owner=owner)
+        shapes = _check_shapes(shapes, n, owner)
         if b == 0:
             return self.proj(x)  # no samples: nothing attends, keep the graph and dtype
         make = multi_scale_kv_padding_mapping if self.kv_padding else multi_scale_mapping
-        m = make(shapes, self.window_size, self.shift, batch=b, device=x.device)
+        m = make(
+            shapes, self.window_size, self.shift, batch=b, shift_single_window=self.shift_single_window, device=x.device
+        )
         tokens = x.reshape(b * n, c)  # BN x C, global index b * N + offset + y * w + x
         if self.kv_padding:
             tokens = torch.cat([tokens, self.pad_token.to(x.dtype)])  # (BN + 1) x C, pad at index BN
@@ -136,6 +148,7 @@ class FlexibleLocalAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, shift={self.shift}, "
+            f"shift_single_window={self.shift_single_window}, "
             f"kv_padding={self.kv_padding}, rope={self.rope is not None}, backend={self.backend!r}"
         )
 
@@ -147,9 +160,10 @@ class FlashSwinAttention(FlexibleLocalAttention):
     attention (Swin's cyclic shift + attention mask, zero padding to a multiple of ``k`` excluded
     from the keys, no relative-position bias): for any grid larger than one window, real tokens
     are grouped identically (window boundaries at ``y, x = s mod k``) — see
-    ``tests/test_hrsam_attention.py``. A grid that fits in one window is not shifted (authors'
-    code), i.e. it matches Swin with ``shift = 0`` there. HRSAM itself uses it with KV-only
-    padding and RoPE (the defaults).
+    ``tests/test_hrsam_attention.py``. A grid that fits in one window is shifted too by default
+    (HRSAM's Listing 1); with ``shift_single_window=False`` (Inter2Former's code) it is one
+    unshifted window, i.e. it matches Swin with ``shift = 0`` there. HRSAM itself uses it with
+    KV-only padding and RoPE (the defaults).
 
     HRSAM alternates the shift across an encoder's blocks (Fig. 2: "Alternating Flash Swin
     modules apply shifts of 0 and 8 tokens"; authors' code: even blocks 0, odd blocks ``k/2``)::
@@ -159,8 +173,8 @@ class FlashSwinAttention(FlexibleLocalAttention):
 
     Args:
         shift: ``None`` (default) for the shifted window ``k // 2`` or ``0`` for plain windows.
-        dim, num_heads, window_size, kv_padding, rope, qkv_bias, backend: as in
-            :class:`FlexibleLocalAttention`.
+        dim, num_heads, window_size, shift_single_window, kv_padding, rope, qkv_bias, backend: as
+            in :class:`FlexibleLocalAttention`.
     """
 
     def __init__(
@@ -170,14 +184,16 @@ class FlashSwinAttention(FlexibleLocalAttention):
         num_heads: int,
         window_size: int,
         shift: int | None = None,
+        shift_single_window: bool = True,
         kv_padding: bool = True,
         rope: bool = True,
         qkv_bias: bool = True,
         backend: str = "auto",
     ) -> None:
+        window_size = check_int(window_size, "window_size", owner="FlashSwinAttention")
         if window_size < 1:
-            raise ValueError(f"window_size must be >= 1, got {window_size}")
-        shift = window_size // 2 if shift is None else shift
+            raise ValueError(f"FlashSwinAttention: window_size must be >= 1, got {window_size}")
+        shift = window_size // 2 if shift is None else check_int(shift, "shift", owner="FlashSwinAttention")
         if shift not in (0, window_size // 2):
             raise ValueError(f"Flash Swin shift must be None, 0 or window_size // 2 = {window_size // 2}, got {shift}")
         super().__init__(
@@ -185,6 +201,7 @@ class FlashSwinAttention(FlexibleLocalAttention):
             num_heads=num_heads,
             window_size=window_size,
             shift=shift,
+            shift_single_window=shift_single_window,
             kv_padding=kv_padding,
             rope=rope,
             qkv_bias=qkv_bias,

@@ -1,6 +1,6 @@
 """HRSAM's Cycle-scan module and the two HRSAM++ variants built on it.
 
-Huang et al., "HRSAM / HRSAM++" (seed 002), §3.5 (Cycle-scan, Eq. 9-10, Fig. 7), §3.6 and
+Huang et al., "HRSAM: Efficient Interactive Segmentation in High-Resolution Images", §3.5 (Cycle-scan, Eq. 9-10, Fig. 7), §3.6 and
 supp. D.2 (multi-scale fusion, Fig. 8). A selective SSM (Mamba, Gu & Dao 2023) scans the
 flattened (raster-order) token sequence *repeated R = 3 times*, so tokens late in the first
 copy pass their information to tokens early in the next: every token sees every other one at
@@ -14,7 +14,8 @@ linear cost and with a unidirectional scan. The R outputs are split and merged b
   an additional Cycle-scan module configured identically").
 
 Where the paper is silent, we follow the authors' code (``class Mamba`` in
-``models/backbones/hrsam*.py``; see the project notes, official_code_facts §2.3):
+YouHuang67/High-Resolution-Segment-Anything, ``models/backbones/hrsam.py`` and
+``models/backbones/hrsam_plusplus.py``):
 
 - Mamba's block **without** the depthwise conv1d and **without** channel expansion (the inner
   width is ``dim``); the paper's "hidden dimension of 32" (supp. D.2) is the state size ``N``.
@@ -36,6 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segblocks.ops._checks import (
+    check_finite_float,
+    check_int,
+    check_int_sequence,
+    check_module_dtype,
+    check_positive_int,
+    check_tensor,
+)
 from segblocks.ops.selective_scan import selective_scan
 
 __all__ = ["CycleScan", "MultiScaleCycleScan", "PerScaleCycleScan"]
@@ -79,14 +88,20 @@ class CycleScan(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if dim < 1 or d_state < 1 or repeats < 1:
-            raise ValueError(f"CycleScan: dim, d_state, repeats must be >= 1, got {dim}, {d_state}, {repeats}")
-        if dt_rank == "auto":
+        owner = type(self).__name__
+        dim = check_positive_int(dim, "dim", owner=owner)
+        d_state = check_positive_int(d_state, "d_state", owner=owner)
+        repeats = check_positive_int(repeats, "repeats", owner=owner)
+        if isinstance(dt_rank, str):
+            if dt_rank != "auto":
+                raise ValueError(f"{owner}: dt_rank must be 'auto' or an int in [1, {dim}], got {dt_rank!r}")
             dt_rank = dim
-        if not isinstance(dt_rank, int) or not 1 <= dt_rank <= dim:
-            raise ValueError(f"CycleScan: dt_rank must be 'auto' or an int in [1, {dim}], got {dt_rank!r}")
+        dt_rank = check_int(dt_rank, "dt_rank ('auto' or an int)", owner=owner)  # True would mean rank 1
+        if not 1 <= dt_rank <= dim:
+            raise ValueError(f"{owner}: dt_rank must be 'auto' or an int in [1, {dim}], got {dt_rank!r}")
+        dt_min, dt_max = (check_finite_float(v, n, owner=owner) for v, n in ((dt_min, "dt_min"), (dt_max, "dt_max")))
         if not 0 < dt_min <= dt_max:
-            raise ValueError(f"CycleScan: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+            raise ValueError(f"{owner}: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         self.dim, self.d_state, self.repeats, self.dt_rank = dim, d_state, repeats, dt_rank
         self.backend = backend
 
@@ -144,12 +159,12 @@ class CycleScan(nn.Module):
         Returns:
             (B, L, C).
         """
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"CycleScan: expected x of shape (B, L, {self.dim}), got {tuple(x.shape)}")
-        length = x.shape[1]
-        split = [length] if split is None else [int(s) for s in split]
-        if sum(split) != length or any(s < 0 for s in split):
-            raise ValueError(f"CycleScan: split {split} must be non-negative lengths summing to L={length}")
+        owner = type(self).__name__
+        _, length, _ = check_tensor(x, "x", owner=owner, shape=("B", "L", ("C", self.dim)))
+        check_module_dtype(x, self, owner=owner)
+        split = [length] if split is None else list(check_int_sequence(split, "split", owner=owner, minimum=0))
+        if sum(split) != length:
+            raise ValueError(f"{owner}: split {split} must be non-negative lengths summing to L={length}")
         u, z = F.silu(self.in_proj(self.in_norm(x))).chunk(2, dim=-1)  # B x L x C each
         dt_code, Bs, Cs = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = self.dt_proj(dt_code)  # B x L x C, before bias and softplus
@@ -160,10 +175,13 @@ class CycleScan(nn.Module):
 
 
 def _check_scales(name: str, xs: Sequence[torch.Tensor]) -> list[int]:
-    if len(xs) == 0:
-        raise ValueError(f"{name}: expected a non-empty list of (B, L_i, C) tensors, got none")
+    if isinstance(xs, torch.Tensor) or len(xs) == 0:
+        raise ValueError(f"{name}: expected a non-empty list of (B, L_i, C) tensors, got {type(xs).__name__}")
     ref = xs[0]
     for i, t in enumerate(xs):
+        check_tensor(t, f"scale {i}", owner=name, shape=("B", "L_i", "C"))
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{name}: every scale must have dtype {ref.dtype} like scale 0, scale {i} is {t.dtype}")
         if t.dim() != 3 or t.shape[0] != ref.shape[0] or t.shape[2] != ref.shape[2]:
             raise ValueError(
                 f"{name}: scale {i} must be (B, L_i, C) with B={ref.shape[0]}, C={ref.shape[2]} like scale 0, "
@@ -176,7 +194,8 @@ class PerScaleCycleScan(CycleScan):
     """HRSAM++ per-scale Cycle-scan (§3.6, Fig. 8): every scale cycle-scanned on its own.
 
     One set of weights; the projections run on all tokens at once and a separate scan (from a
-    zero state) runs per scale, as the authors' ``split=`` path does (official_code_facts §2.3).
+    zero state) runs per scale, as the authors' ``split=`` path does (``class Mamba`` in
+    YouHuang67/High-Resolution-Segment-Anything, ``models/backbones/hrsam_plusplus.py``).
     Shapes: list of (B, L_i, C) → list of (B, L_i, C). Constructor as :class:`CycleScan`.
     """
 

@@ -7,8 +7,9 @@ tokens of s2..s4 (res3..res5); s1 (res2) only feeds the pixel embedding.
 
 - :class:`ProgressiveScaleEncoder` (PRO-SCALE, Eq. 1-3): stage k runs p_k deformable layers over
   the k coarsest levels, concatenating the next finer level's raw tokens before each new stage.
-  ``layers_per_stage=(0, 0, 6)`` is exactly Mask2Former's 6-layer encoder over all three levels,
-  so both encoders are one mechanism.
+  ``layers_per_stage=(0, 0, 6), token_recalibration=False`` is exactly Mask2Former's 6-layer
+  encoder over all three levels, so both encoders are one mechanism. The defaults are the paper's
+  full model: (3, 3, 3) with TRC.
 - :class:`TokenRecalibration` (TRC, Eq. 4): ŝ_i = s_i ⊗ sigmoid(ε·φ(s2)), applied to s4 and s3.
 - :class:`LightPixelEmbedding` (LPE, §3.1.2): max-pool → GroupNorm → ReLU in place of M2F's 3×3
   output conv on res2 (avg-pool option from supp. Table T3).
@@ -23,6 +24,15 @@ from torch import nn
 
 from segblocks.layers.ms_deform_attn import MSDeformAttn
 from segblocks.layers.position_encoding import PositionEmbeddingSine
+from segblocks.ops._checks import (
+    check_finite_float,
+    check_int_pairs,
+    check_int_sequence,
+    check_module_dtype,
+    check_positive_int,
+    check_same,
+    check_tensor,
+)
 
 __all__ = [
     "DeformableEncoderLayer",
@@ -60,7 +70,10 @@ class TokenRecalibration(nn.Module):
 
     def __init__(self, *, dim: int = 256, temperature: float = 0.1) -> None:
         super().__init__()
-        self.temperature = temperature
+        dim = check_positive_int(dim, "dim", owner="TokenRecalibration")
+        # a NaN/inf ε would make every gate NaN (or 0/1) and silently poison the output
+        self.temperature = check_finite_float(temperature, "temperature", owner="TokenRecalibration")
+        self.dim = dim
         self.proj = nn.Linear(dim, 1)
 
     def forward(
@@ -79,14 +92,21 @@ class TokenRecalibration(nn.Module):
         Returns:
             ŝ_i, (B, H*W, C).
         """
-        b, n, c = tokens.shape
-        h, w = size
-        h2, w2 = guide_size
+        owner = "TokenRecalibration"
+        b, n, c = check_tensor(tokens, "tokens", owner=owner, shape=("B", "H*W", ("C", self.dim)))
+        check_tensor(guide, "guide", owner=owner, shape=("B", "H2*W2", ("C", self.dim)))
+        check_same({"tokens": tokens, "guide": guide}, owner=owner)
+        check_module_dtype(guide, self, "guide", owner=owner)
+        (h, w), (h2, w2) = check_int_pairs([size, guide_size], "size / guide_size", owner=owner, minimum=0)
         if n != h * w or guide.shape != (b, h2 * w2, c):
             raise ValueError(
                 f"TokenRecalibration: expected tokens (B, {h}*{w}, C) and guide (B, {h2}*{w2}, C) with equal B, C; "
                 f"got {tuple(tokens.shape)} and {tuple(guide.shape)}"
             )
+        if b == 0 or n == 0:
+            return tokens * self.proj(guide).sum()  # nothing to gate (empty batch or level); keeps the graph
+        if h2 * w2 == 0:
+            raise ValueError(f"{owner}: the guide must hold tokens to gate {h}x{w} tokens, got guide_size {(h2, w2)}")
         logit = self.proj(guide).transpose(1, 2).reshape(b, 1, h2, w2)  # B x 1 x H2 x W2
         logit = F.interpolate(logit, size=(h, w), mode="bilinear", align_corners=False)
         gate = torch.sigmoid(self.temperature * logit).flatten(2).transpose(1, 2)  # B x HW x 1
@@ -105,16 +125,30 @@ class LightPixelEmbedding(nn.Module):
 
     def __init__(self, *, channels: int = 256, kernel_size: int = 3, pool: str = "max", num_groups: int = 32) -> None:
         super().__init__()
+        owner = "LightPixelEmbedding"
+        channels = check_positive_int(channels, "channels", owner=owner)
+        kernel_size = check_positive_int(kernel_size, "kernel_size", owner=owner)
+        num_groups = check_positive_int(num_groups, "num_groups", owner=owner)
         if pool not in ("max", "avg"):
             raise ValueError(f"LightPixelEmbedding: pool must be 'max' or 'avg', got {pool!r}")
         if kernel_size % 2 != 1:
             raise ValueError(f"LightPixelEmbedding: kernel_size must be odd to keep the size, got {kernel_size}")
+        if channels % num_groups:
+            raise ValueError(f"LightPixelEmbedding: channels={channels} must be divisible by num_groups={num_groups}")
+        self.channels = channels
         pool_cls = nn.MaxPool2d if pool == "max" else nn.AvgPool2d
         kwargs = {} if pool == "max" else {"count_include_pad": False}
         self.pool = pool_cls(kernel_size, stride=1, padding=kernel_size // 2, **kwargs)
         self.norm = nn.GroupNorm(num_groups, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → (B, C, H, W); a batched map is required (GroupNorm would read an
+        unbatched (C, H, W) map's channels as the batch)."""
+        owner = "LightPixelEmbedding"
+        b, _, h, w = check_tensor(x, "x", owner=owner, shape=("B", ("C", self.channels), "H", "W"))
+        check_module_dtype(x, self, owner=owner)
+        if b == 0 or h == 0 or w == 0:
+            return x * self.norm.weight.sum() * 0  # empty map: empty output, graph kept
         return F.relu(self.norm(self.pool(x)))
 
 
@@ -136,6 +170,10 @@ class DeformableEncoderLayer(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
+        d_ffn = check_positive_int(d_ffn, "d_ffn", owner="DeformableEncoderLayer")
+        dropout = check_finite_float(dropout, "dropout", owner="DeformableEncoderLayer")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"DeformableEncoderLayer: dropout must be in [0, 1), got {dropout}")
         self.self_attn = MSDeformAttn(
             d_model=d_model, n_levels=n_levels, n_heads=n_heads, n_points=n_points, backend=backend
         )
@@ -187,7 +225,9 @@ class ProgressiveScaleEncoder(nn.Module):
         P1 = C(ŝ4) → s',   P2 = C(s', ŝ3) → s'',   P3 = C(s'', s2) → s'''      (Eq. 1-3)
 
     Each stage's layers are independent (no weight sharing, like the authors' deep copies). A
-    stage with 0 layers only concatenates, so ``(0, 0, 6)`` is Mask2Former's encoder.
+    stage with 0 layers only concatenates, so ``(0, 0, 6)`` with ``token_recalibration=False``
+    is Mask2Former's encoder. ``ProgressiveScaleEncoder()`` is the paper's full PRO-SCALE encoder:
+    (3, 3, 3) stages with TRC.
 
     Positional encoding: 2-D sine embedding of each level plus a learned level embedding
     (Deformable DETR), added to the queries inside every layer.
@@ -198,8 +238,12 @@ class ProgressiveScaleEncoder(nn.Module):
         d_model: token channels C (256).
         n_heads, n_points, d_ffn, dropout: deformable layer settings (8, 4, 1024, 0.0).
         token_recalibration: apply a :class:`TokenRecalibration` to every level but the finest,
-            guided by the finest level's raw tokens (one shared instance, as in the authors' code).
-        trc_temperature: TRC's ε (0.1).
+            guided by the finest level's raw tokens (one shared instance, as in the authors' code,
+            abhishekaich27/proscale-pytorch ``mask2former/modeling/pixel_decoder/proscale.py``).
+            On by default: the paper's full model (Table 1 "PRO-SCALE (3,3,3)" with TRC, §3.1.1,
+            ε = 0.1 from Table 4, and the authors' ``configs/*_proscale_3_3_3_coco.yaml``);
+            ``False`` is the without-TRC ablation (Table 3).
+        trc_temperature: TRC's ε (0.1, finite).
         backend: MSDeformAttn backend ("auto", "pytorch", "triton").
     """
 
@@ -212,18 +256,32 @@ class ProgressiveScaleEncoder(nn.Module):
         n_points: int = 4,
         d_ffn: int = 1024,
         dropout: float = 0.0,
-        token_recalibration: bool = False,
+        token_recalibration: bool = True,
         trc_temperature: float = 0.1,
         backend: str = "auto",
     ) -> None:
         super().__init__()
+        owner = "ProgressiveScaleEncoder"
         if isinstance(layers_per_stage, str):
             if layers_per_stage not in PROSCALE_PRESETS:
                 raise ValueError(f"unknown PRO-SCALE preset {layers_per_stage!r}; expected one of {sorted(PROSCALE_PRESETS)}")
             layers_per_stage = PROSCALE_PRESETS[layers_per_stage]
-        layers_per_stage = tuple(int(p) for p in layers_per_stage)
-        if not layers_per_stage or min(layers_per_stage) < 0 or sum(layers_per_stage) == 0:
+        layers_per_stage = check_int_sequence(layers_per_stage, "layers_per_stage", owner=owner, minimum=0)
+        if not layers_per_stage or sum(layers_per_stage) == 0:
             raise ValueError(f"layers_per_stage must be non-negative with at least one layer, got {layers_per_stage}")
+        d_model = check_positive_int(d_model, "d_model", owner=owner)
+        if d_model % 4:
+            raise ValueError(
+                f"{owner}: d_model={d_model} must be a multiple of 4 (the sine position encoding gives d_model/2 "
+                "channels per axis, an even number)"
+            )
+        n_heads = check_positive_int(n_heads, "n_heads", owner=owner)
+        if d_model % n_heads:
+            raise ValueError(f"{owner}: d_model={d_model} must be divisible by n_heads={n_heads}")
+        check_positive_int(n_points, "n_points", owner=owner)
+        if not isinstance(token_recalibration, bool):
+            raise TypeError(f"{owner}: token_recalibration must be a bool, got {token_recalibration!r}")
+        trc_temperature = check_finite_float(trc_temperature, "trc_temperature", owner=owner)
         self.layers_per_stage = layers_per_stage
         self.num_levels = len(layers_per_stage)
         self.stages = nn.ModuleList(
@@ -254,17 +312,47 @@ class ProgressiveScaleEncoder(nn.Module):
                 module.reset_parameters()
         nn.init.normal_(self.level_embed)
 
+    def _check_features(self, features: Sequence[torch.Tensor]) -> None:
+        owner = "ProgressiveScaleEncoder"
+        if isinstance(features, torch.Tensor) or len(features) != self.num_levels:
+            got = "a tensor" if isinstance(features, torch.Tensor) else f"{len(features)}"
+            raise ValueError(
+                f"{owner}: expected a list of {self.num_levels} feature levels (coarse → fine), got {got}"
+            )
+        ref = features[0]
+        for lvl, f in enumerate(features):
+            check_tensor(
+                f, f"features[{lvl}]", owner=owner,
+                shape=(("B", ref.shape[0]) if lvl else "B", ("C", self.d_model), "H", "W"),
+            )
+            if f.shape[-2] == 0 or f.shape[-1] == 0:
+                raise ValueError(
+                    f"{owner}: features[{lvl}] has an empty {tuple(f.shape[-2:])} map; every level needs H, W >= 1 "
+                    "(deformable attention samples every level)"
+                )
+        check_same({f"features[{lvl}]": f for lvl, f in enumerate(features)}, owner=owner)
+        check_module_dtype(ref, self, "features", owner=owner)
+        shapes = [tuple(f.shape[-2:]) for f in features]
+        if any(a[0] > b[0] or a[1] > b[1] for a, b in zip(shapes, shapes[1:])):
+            raise ValueError(
+                f"{owner}: levels must be ordered coarse → fine (res5, res4, res3: sizes non-decreasing), "
+                f"got sizes {shapes}"
+            )
+
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """
         Args:
-            features: L maps (B, C, H_l, W_l), coarse → fine.
+            features: L maps (B, C, H_l, W_l), coarse → fine, same dtype and device; every
+                ``H_l, W_l >= 1`` and sizes non-decreasing. ``B = 0`` gives empty outputs.
         Returns:
             L encoded maps with the same shapes, coarse → fine.
         """
-        if len(features) != self.num_levels:
-            raise ValueError(f"ProgressiveScaleEncoder: expected {self.num_levels} feature levels, got {len(features)}")
+        self._check_features(features)
         shapes = [tuple(f.shape[-2:]) for f in features]
         batch = features[0].shape[0]
+        if batch == 0:
+            zero = self.level_embed.sum() * 0  # empty batch: empty maps, graph kept
+            return [f + zero.to(f.dtype) for f in features]
         tokens = [f.flatten(2).transpose(1, 2) for f in features]  # L x (B x HW x C)
         pos = [
             (self.pos_embed(f).flatten(2).transpose(1, 2) + self.level_embed[lvl]).to(f.dtype)  # B x HW x C

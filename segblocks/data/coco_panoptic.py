@@ -11,10 +11,15 @@ Layout: an image folder, a folder of panoptic PNGs and one JSON file with
 A PNG pixel of colour (R, G, B) belongs to segment ``id = R + 256 G + 256^2 B``; id 0 is void.
 Crowd segments (``iscrowd=1``) are not targets: their pixels are treated as void, as in
 Mask2Former's COCO panoptic mapper.
+
+The PNG and the JSON are cross-checked as the COCO panoptic API does for its inputs
+(cocodataset/panopticapi, panopticapi/evaluation.py ``pq_compute_single_core``): a segment
+listed in ``segments_info`` but absent from the PNG, a PNG segment missing from
+``segments_info`` and a duplicated segment id are errors naming the files, never silently
+dropped, voided or relabelled (:func:`check_panoptic_segments`).
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -23,64 +28,37 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .checks import require_file
+from .io import load_json, read_panoptic_png, read_rgb_image
 from .panoptic_meta import PanopticMeta
 
-__all__ = ["COCOPanopticDataset", "PanopticTransform", "id_to_rgb", "load_json", "read_panoptic_png", "read_rgb_image", "rgb_to_id"]
+__all__ = ["COCOPanopticDataset", "PanopticTransform", "check_panoptic_segments"]
 
 # (image (H, W, 3) uint8, segment index map (H, W) int32, 0 = void) -> the same, transformed.
 PanopticTransform = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
 
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """Segment ids of a panoptic PNG: (H, W, 3) uint8 -> (H, W) int64, ``R + 256 G + 256^2 B``."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+def check_panoptic_segments(ids: np.ndarray, listed: list[int], *, png: str | os.PathLike, annotation_file: str | os.PathLike) -> None:
+    """Raise ValueError unless the PNG's segments are exactly the listed ones (void 0 aside).
 
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb_to_id`: (H, W) ids in ``[0, 256^3)`` -> (H, W, 3) uint8."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= 256**3):
-        raise ValueError(f"segment ids must lie in [0, 2^24), received range [{ids.min()}, {ids.max()}]")
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)  # H x W x 3
-
-
-def load_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; FileNotFoundError / ValueError name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"JSON file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupt JSON file {path}: {e}") from e
-
-
-def _open_image(path: Path, what: str):
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        img = Image.open(path)
-        img.load()  # decode now so that truncated files fail here, with the file name
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"corrupt {what} {path}: {e}") from e
-    return img
-
-
-def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB (grayscale images are expanded)."""
-    return np.asarray(_open_image(Path(path), "image").convert("RGB"))
-
-
-def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a panoptic PNG as (H, W) int64 segment ids (0 = void)."""
-    img = _open_image(Path(path), "panoptic PNG")
-    if img.mode != "RGB":  # converting e.g. a palette image would silently change the ids
-        raise ValueError(f"panoptic PNG {path} must be RGB, received mode {img.mode}")
-    return rgb_to_id(np.asarray(img))
+    Args:
+        ids: ``(H, W)`` segment ids read from the PNG (:func:`~segblocks.data.io.read_panoptic_png`).
+        listed: the ``id`` of every entry of the annotation's ``segments_info`` (crowd included).
+        png: the PNG's path, named in the error.
+        annotation_file: the JSON's path, named in the error.
+    """
+    duplicates = sorted({i for i in listed if listed.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"{annotation_file}: segments_info of {png} lists the segment ids {duplicates} more than once")
+    if 0 in listed:
+        raise ValueError(f"{annotation_file}: segments_info of {png} lists id 0, which is void in panoptic PNGs")
+    present = set(np.unique(ids).tolist()) - {0}
+    absent = sorted(set(listed) - present)
+    if absent:
+        raise ValueError(f"segments {absent} are listed in {annotation_file} but absent from the panoptic PNG {png}")
+    unlisted = sorted(present - set(listed))
+    if unlisted:
+        raise ValueError(f"panoptic PNG {png} holds segments {unlisted[:10]} that are missing from segments_info in {annotation_file}")
 
 
 class COCOPanopticDataset(Dataset):
@@ -142,26 +120,51 @@ class COCOPanopticDataset(Dataset):
                 # COCO images are .jpg named like the PNG; the images list is authoritative when present.
                 image_name = images.get(image_id, {}).get("file_name", Path(png_name).stem + ".jpg")
                 targets = [(s["id"], s["category_id"]) for s in segments if not s.get("iscrowd", 0)]
+                listed = [int(s["id"]) for s in segments]
             except (KeyError, TypeError) as e:
                 raise ValueError(f"{self.annotation_file}: malformed annotation {str(ann)[:200]}: missing {e}") from e
             unknown = sorted({c for _, c in targets} - to_contiguous.keys())
             if unknown:
                 raise ValueError(f"{self.annotation_file}: image {image_id} uses unknown category ids {unknown}")
+            duplicates = sorted({i for i in listed if listed.count(i) > 1})
+            if duplicates:
+                raise ValueError(f"{self.annotation_file}: image {image_id} ({png_name}) lists the segment ids {duplicates} more than once")
             targets = [(segment_id, to_contiguous[c]) for segment_id, c in targets]
-            self.records.append({"image_id": image_id, "image": image_name, "png": png_name, "targets": targets})
+            self.records.append({"image_id": image_id, "image": image_name, "png": png_name, "targets": targets, "listed": listed})
+        if not self.records:
+            raise ValueError(f"{self.annotation_file} has no annotations: an empty panoptic split")
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The checked image (H, W, 3) uint8 and segment ids (H, W) of sample ``index``."""
         rec = self.records[index]
         image_path, png_path = self.image_dir / rec["image"], self.panoptic_dir / rec["png"]
         image = read_rgb_image(image_path)
         ids = read_panoptic_png(png_path)
         if ids.shape != image.shape[:2]:
             raise ValueError(f"panoptic PNG {png_path} is {ids.shape} (H, W) but image {image_path} is {image.shape[:2]}")
+        check_panoptic_segments(ids, rec["listed"], png=png_path, annotation_file=self.annotation_file)
+        return image, ids
+
+    def check_sample(self, index: int, *, decode: bool = True) -> None:
+        """Raise naming the file if sample ``index``'s image or PNG is missing, corrupt or inconsistent.
+
+        ``decode=False`` only checks that both files exist and are not empty.
+        """
+        if decode:
+            self._read(index)
+            return
+        rec = self.records[index]
+        require_file(self.image_dir / rec["image"], "image")
+        require_file(self.panoptic_dir / rec["png"], "panoptic PNG")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        image, ids = self._read(index)
         orig_size = image.shape[:2]
-        segments = np.zeros(ids.shape, dtype=np.int32)  # crowd and unlisted ids stay void
+        segments = np.zeros(ids.shape, dtype=np.int32)  # crowd segments stay void
         for k, (segment_id, _) in enumerate(rec["targets"], start=1):
             segments[ids == segment_id] = k
         labels = torch.tensor([label for _, label in rec["targets"]], dtype=torch.long)

@@ -25,11 +25,13 @@ def collate_panoptic(samples: Sequence[dict[str, Any]], *, size_divisibility: in
         ``targets`` list of ``{"labels": (N_i,), "masks": (N_i, H, W) bool}``, ``image_ids``
         list, ``orig_sizes`` (B, 2) int64 when every sample has ``orig_size``, and
         ``orig_targets`` (unpadded, original resolution) when every sample has ``orig_masks``.
+        An empty list gives an empty batch (B = 0, ``images`` (0, 3, 0, 0)).
     """
-    if not samples:
-        raise ValueError("collate_panoptic needs at least one sample, received an empty batch")
     if size_divisibility < 1:
         raise ValueError(f"size_divisibility must be >= 1, received {size_divisibility}")
+    if not samples:  # e.g. the padding batch of a rank without evaluation samples
+        sizes = torch.zeros(0, 2, dtype=torch.long)
+        return {"images": torch.zeros(0, 3, 0, 0), "image_sizes": sizes, "targets": [], "image_ids": [], "orig_sizes": sizes.clone()}
     for i, s in enumerate(samples):
         image, masks, labels = s["image"], s["masks"], s["labels"]
         if image.ndim != 3 or image.shape[0] != 3:

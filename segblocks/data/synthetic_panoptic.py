@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import build_directory_atomically
-from .coco_panoptic import id_to_rgb
+from .io import id_to_rgb
 from .panoptic_meta import PanopticMeta
 
 __all__ = ["SYNTHETIC_CATEGORIES", "SYNTHETIC_VERSION", "default_cache_dir", "make_synthetic_panoptic", "synthetic_panoptic_meta"]

@@ -20,12 +20,13 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["PanopticEvalTransform", "PanopticTrainTransform"]
+__all__ = ["PanopticEvalTransform", "PanopticTrainTransform", "import_albumentations"]
 
 _INTERPOLATIONS = ("linear", "nearest", "area", "cubic")
 
 
-def _albumentations():
+def import_albumentations():
+    """``(albumentations, cv2)``, imported on first use without albumentations' PyPI version check."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # it queries PyPI at import otherwise
     import albumentations
     import cv2
@@ -39,7 +40,7 @@ class _ComposedTransform:
     def __init__(self, *, image_interpolation: str) -> None:
         if image_interpolation not in _INTERPOLATIONS:
             raise ValueError(f"image_interpolation must be one of {_INTERPOLATIONS}, received {image_interpolation!r}")
-        _, cv2 = _albumentations()
+        _, cv2 = import_albumentations()
         self.image_interpolation = image_interpolation
         flags = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST_EXACT, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC}
         self._resize_kwargs = {"interpolation": flags[image_interpolation], "mask_interpolation": cv2.INTER_NEAREST_EXACT}
@@ -98,7 +99,7 @@ class PanopticTrainTransform(_ComposedTransform):
             raise ValueError(f"hflip_prob must lie in [0, 1], received {hflip_prob}")
         super().__init__(image_interpolation=image_interpolation)
         self.crop_size, self.scale_range, self.hflip_prob = int(crop_size), (lo, hi), float(hflip_prob)
-        A, cv2 = _albumentations()
+        A, cv2 = import_albumentations()
         c = self.crop_size
         sizes = list(range(max(1, round(lo * c)), max(1, round(hi * c)) + 1))
         self._compose = A.Compose([
@@ -143,5 +144,5 @@ class PanopticEvalTransform(_ComposedTransform):
         out_h, out_w = self.output_size(height, width)
         if (out_h, out_w) == (height, width):
             return None
-        A, _ = _albumentations()
+        A, _ = import_albumentations()
         return A.Compose([A.Resize(height=out_h, width=out_w, **self._resize_kwargs)])

@@ -6,7 +6,7 @@ from segblocks.interactive.clicker import (
     sample_initial_clicks,
     sample_num_clicks,
 )
-from segblocks.interactive.encodings import clicks_to_points, disk_maps, longest_side_shape, scale_points
+from segblocks.interactive.encodings import clicks_to_points, disk_maps, scale_points
 from segblocks.interactive.protocol import ClickPrompts, InteractiveModel, logits_to_input
 from segblocks.interactive.ref_label import (
     RefLabel,
@@ -15,6 +15,7 @@ from segblocks.interactive.ref_label import (
     update_ref_label,
     update_ref_label_by_prediction,
 )
+from segblocks.ops.geometry import longest_side_shape
 
 __all__ = [
     "ClickPrompts",

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
+from segblocks.ops._checks import check_int, check_int_sequence
+
 __all__ = [
     "Clicks",
     "Generator",
@@ -188,6 +190,9 @@ def next_click(
     rng = _as_numpy_rng(generator)
     B, H, W = gt.shape
     device = gt.device
+    if B == 0 or H == 0 or W == 0:  # no sample or no pixel: no click anywhere (valid all False)
+        none = torch.zeros(B, dtype=torch.bool, device=device)
+        return torch.zeros(B, 2, dtype=torch.int64, device=device), none, none.clone()
     p, g = pred.cpu().numpy(), gt.cpu().numpy()
     allowed = np.ones_like(g)
     for extra in (ignore, clicked):
@@ -221,12 +226,16 @@ def sample_num_clicks(*, gamma: float = 0.6, max_clicks: int = 20, generator: Ge
     ``k`` starts at 0 because it counts the no-grad iterations *after* the first click: the
     InterFormer/Inter2Former/HRSAM/FocSAM loops always place a first click (or initial clicks),
     then run ``k`` rounds of predict -> click, so ``k = 0`` trains on the first click alone.
+    The weights are normalised in log space, so any finite ``gamma > 0`` works (``gamma**k``
+    itself overflows for large ``gamma``).
     """
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.floating, np.integer)):
+        raise TypeError(f"gamma must be a real number; got {type(gamma).__name__}")
     if not 0.0 < gamma < float("inf"):
         raise ValueError(f"gamma must be positive; got {gamma}")
-    if max_clicks < 0:
-        raise ValueError(f"max_clicks must be >= 0; got {max_clicks}")
-    probs = gamma ** np.arange(max_clicks + 1, dtype=np.float64)
+    max_clicks = check_int(max_clicks, "max_clicks", minimum=0)
+    log_w = np.arange(max_clicks + 1, dtype=np.float64) * np.log(float(gamma))
+    probs = np.exp(log_w - log_w.max())  # the largest weight is 1: no overflow, no 0/0
     return int(_as_numpy_rng(generator).choice(max_clicks + 1, p=probs / probs.sum()))
 
 
@@ -242,7 +251,8 @@ def sample_initial_clicks(
     min_area: int = 1000,
     generator: Generator = None,
 ) -> Clicks:
-    """Several first clicks per object (Inter2Former's optional ``sample_init_clicks``, §1.8 of the notes).
+    """Several first clicks per object (Inter2Former's optional ``sample_init_clicks``; YouHuang67/inter2former,
+    ``inter2former/utils/init_clk.py``, used by ``inter2former/segmentors/interseg_bsqa.py``).
 
     Per sample with ``gt.sum() >= min_area``:
 
@@ -268,14 +278,18 @@ def sample_initial_clicks(
         :class:`Clicks` with, per sample, the positives, then box negatives, then ring negatives.
     """
     _check_masks(gt=gt)
+    max_pos, max_neg = check_int(max_pos, "max_pos"), check_int(max_neg, "max_neg")
+    erode_radius, min_area = check_int(erode_radius, "erode_radius"), check_int(min_area, "min_area")
     if max_pos < 1 or max_neg < 0 or min_spacing < 0 or erode_radius < 0 or min_area < 1 or box_expand <= 0:
         raise ValueError(
             "need max_pos >= 1, max_neg >= 0, min_spacing >= 0, erode_radius >= 0, min_area >= 1, box_expand > 0; "
             f"got {max_pos}, {max_neg}, {min_spacing}, {erode_radius}, {min_area}, {box_expand}"
         )
-    inner, outer = ring_radii
+    inner, outer = check_int_sequence(ring_radii, "ring_radii")
     if not 0 <= inner < outer:
         raise ValueError(f"ring_radii must satisfy 0 <= inner < outer; got {ring_radii}")
+    if gt.shape[0] == 0 or gt.shape[1] == 0 or gt.shape[2] == 0:  # no sample or no pixel: no clicks
+        return Clicks.empty(gt.shape[0], device=gt.device)
     rng = _as_numpy_rng(generator)
     masks = gt.cpu()
     near, far = _dilate(masks, inner).numpy(), _dilate(masks, outer).numpy()

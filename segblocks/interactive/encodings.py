@@ -1,18 +1,21 @@
 """Click encodings: disk maps for dense models, point prompts for SAM-style decoders.
 
 * :func:`disk_maps`: RITM-style binary disks (``use_disks=True``, ``norm_radius=5``) that MST
-  stacks with the previous mask and feeds to its click patch embedding (notes §5).
+  stacks with the previous mask and feeds to its click patch embedding (hahamyt/mst).
 * :func:`clicks_to_points` / :func:`scale_points`: SAM point prompts. HRSAM and FocSAM shift
   clicks to pixel centres (``+0.5``) and resize them to the longest side of the encoder input
-  (notes §2.4); padding points carry label ``-1`` (SAM's ``not_a_point_embed``).
+  (YouHuang67/High-Resolution-Segment-Anything, ``models/necks/sam_prompt.py``); padding points
+  carry label ``-1`` (SAM's ``not_a_point_embed``). The resize geometry is
+  :mod:`segblocks.ops.geometry`.
 """
 from __future__ import annotations
 
 import torch
 
 from segblocks.interactive.clicker import Clicks
+from segblocks.ops.geometry import longest_side_shape
 
-__all__ = ["clicks_to_points", "disk_maps", "longest_side_shape", "scale_points"]
+__all__ = ["clicks_to_points", "disk_maps", "scale_points"]
 
 
 def disk_maps(
@@ -62,14 +65,6 @@ def clicks_to_points(clicks: Clicks) -> tuple[torch.Tensor, torch.Tensor]:
     valid = (clicks.labels >= 0).unsqueeze(-1)  # B x N x 1
     points = clicks.coords.flip(-1).float() + 0.5  # B x N x 2, (y, x) -> (x, y)
     return points * valid, clicks.labels.clone()
-
-
-def longest_side_shape(height: int, width: int, longest_side: int) -> tuple[int, int]:
-    """Size after resizing so the longer side is ``longest_side`` (SAM's ``ResizeLongestSide``, rounded)."""
-    if min(height, width, longest_side) <= 0:
-        raise ValueError(f"sizes must be positive; got {height}x{width} -> {longest_side}")
-    scale = longest_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 def scale_points(points: torch.Tensor, original_size: tuple[int, int], longest_side: int) -> torch.Tensor:

@@ -4,7 +4,9 @@
 batch from :class:`~segblocks.data.interactive.InteractiveEvalTransform` +
 :func:`~segblocks.data.interactive.collate_interactive`, for any
 :class:`~segblocks.interactive.protocol.InteractiveModel`. Details follow the authors' shared
-``ClickTestLoop`` (notes §0.4–0.5):
+``ClickTestLoop`` (YouHuang67/inter2former, ``inter2former/runners/click_test_loops.py`` with the
+click simulator ``engine/utils/click_fast.py``; the same files in YouHuang67/focsam and
+YouHuang67/High-Resolution-Segment-Anything):
 
 * the image is encoded once; then, ``K`` times: simulate the next click with the evaluation rule
   (:func:`~segblocks.interactive.next_click`, ``inner_k=1``) from the current error **at the
@@ -26,7 +28,7 @@ each sample is charged ``1/B`` of the batch time, i.e. batch size 1 gives the la
 batches the throughput-equivalent time.
 
 :func:`write_click_report` writes ``per_sample_iou.csv``, ``per_sample_iou.json`` and the
-``miou_vs_clicks.png`` plot (matplotlib, from the ``dev`` extra, is imported only there).
+``miou_vs_clicks.png`` plot (matplotlib, from the ``plot`` extra, is imported only there).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from segblocks.data.interactive.transforms import crop_and_resize_back
+from segblocks.ops.geometry import crop_and_resize_back
 from segblocks.interactive.clicker import Clicks, Generator, next_click
 from segblocks.interactive.protocol import ClickPrompts, InteractiveModel, logits_to_input
 from segblocks.metrics.interactive import binary_iou
@@ -128,7 +130,11 @@ def predictions_at_original(
     original_size: torch.Tensor,
     canvas_hw: tuple[int, int],
 ) -> torch.Tensor:
-    """Map decode logits to binary masks at the original resolution (notes §0.2, §2.4).
+    """Map decode logits to binary masks at the original resolution.
+
+    As in the HRSAM test loop (YouHuang67/High-Resolution-Segment-Anything,
+    ``models/segmentors/simseg.py``): the logits are resized to the padded input, the valid region
+    is cropped and resized back to the original size.
 
     Args:
         logits: ``(B, 1, h, w)`` decode output over the padded input.
@@ -264,23 +270,22 @@ def write_click_report(
 
 def plot_miou_vs_clicks(ious: torch.Tensor, path: str | os.PathLike, *, title: str = "mIoU vs clicks") -> Path | None:
     """Plot mean IoU after each click, ``ious`` (N, K); returns None (with a warning) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display needed
-        import matplotlib.pyplot as plt
+    try:  # the object-oriented API with the Agg canvas: no pyplot, no global backend switch
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
-        logger.warning("matplotlib is not installed (pip install 'segblocks[dev]'): %s not written", path)
+        logger.warning("matplotlib is not installed (pip install 'segblocks[plot]'): %s not written", path)
         return None
     miou = ious.double().mean(0).tolist() if ious.shape[0] else [math.nan] * ious.shape[1]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
+    ax = fig.add_subplot()
     ax.plot(range(1, len(miou) + 1), miou, marker="o", markersize=3)
     ax.set(xlabel="clicks", ylabel="mIoU", title=f"{title} (N={ious.shape[0]})", ylim=(0, 1), xlim=(1, max(len(miou), 2)))
     ax.set_xticks(sorted({1, *range(5, len(miou) + 1, 5)}))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 

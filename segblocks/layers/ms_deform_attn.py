@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from segblocks.ops._checks import check_module_dtype, check_positive_int, check_same, check_tensor
 from segblocks.ops.ms_deform_attn import ms_deform_attn
 
 __all__ = ["MSDeformAttn"]
@@ -32,6 +33,10 @@ class MSDeformAttn(nn.Module):
 
     def __init__(self, *, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4, backend: str = "auto") -> None:
         super().__init__()
+        d_model = check_positive_int(d_model, "d_model", owner="MSDeformAttn")
+        n_levels = check_positive_int(n_levels, "n_levels", owner="MSDeformAttn")
+        n_heads = check_positive_int(n_heads, "n_heads", owner="MSDeformAttn")
+        n_points = check_positive_int(n_points, "n_points", owner="MSDeformAttn")
         if d_model % n_heads != 0:
             raise ValueError(f"MSDeformAttn: d_model={d_model} must be divisible by n_heads={n_heads}")
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
@@ -65,22 +70,21 @@ class MSDeformAttn(nn.Module):
             nn.init.zeros_(proj.bias)
 
     def _check(self, query, reference_points, value_input, spatial_shapes, padding_mask) -> None:
-        C, L = self.d_model, self.n_levels
-        if query.dim() != 3 or query.shape[-1] != C:
-            raise ValueError(f"MSDeformAttn: query must be (B, Lq, {C}), got {tuple(query.shape)}")
-        B, Lq, _ = query.shape
-        if value_input.dim() != 3 or value_input.shape[0] != B or value_input.shape[-1] != C:
-            raise ValueError(f"MSDeformAttn: value_input must be ({B}, S, {C}), got {tuple(value_input.shape)}")
-        if reference_points.shape != (B, Lq, L, 2):
-            raise ValueError(
-                f"MSDeformAttn: reference_points must be (B, Lq, L, 2) = {(B, Lq, L, 2)}, got {tuple(reference_points.shape)}"
-            )
-        if spatial_shapes.shape != (L, 2):
-            raise ValueError(f"MSDeformAttn: spatial_shapes must be ({L}, 2), got {tuple(spatial_shapes.shape)}")
+        C, L, owner = self.d_model, self.n_levels, "MSDeformAttn"
+        B, Lq, _ = check_tensor(query, "query", owner=owner, shape=("B", "Lq", C))
+        check_tensor(value_input, "value_input", owner=owner, shape=(B, "S", C))
+        check_tensor(reference_points, "reference_points", owner=owner, shape=(B, Lq, L, 2))
+        check_tensor(spatial_shapes, "spatial_shapes", owner=owner, shape=(L, 2), dtype="integer")
+        check_same({"query": query, "value_input": value_input}, owner=owner)
+        check_same({"query": query, "reference_points": reference_points}, owner=owner, dtype=False)
+        check_module_dtype(query, self, "query", owner=owner)
         S = value_input.shape[1]
-        total = int(spatial_shapes.prod(1).sum())
-        if S != total:
-            raise ValueError(f"MSDeformAttn: value_input has S={S} tokens but spatial_shapes {spatial_shapes.tolist()} sum to {total}")
+        if spatial_shapes.device.type == "cpu":  # reading a device tensor would sync with the host
+            total = sum(h * w for h, w in spatial_shapes.tolist())
+            if S != total:
+                raise ValueError(
+                    f"MSDeformAttn: value_input has S={S} tokens but spatial_shapes {spatial_shapes.tolist()} sum to {total}"
+                )
         if padding_mask is not None and (padding_mask.shape != (B, S) or padding_mask.dtype != torch.bool):
             raise ValueError(
                 f"MSDeformAttn: padding_mask must be bool ({B}, {S}), got {padding_mask.dtype} {tuple(padding_mask.shape)}"

@@ -1,9 +1,11 @@
 """2-D rotary position embedding (RoPE, Su et al. [79]) for vision tokens, as used by HRSAM.
 
-HRSAM (seed 002, §3.1) replaces SAM's relative-position bias by RoPE so that attention needs no
+HRSAM (Huang et al., "HRSAM: Efficient Interactive Segmentation in High-Resolution Images",
+§3.1) replaces SAM's relative-position bias by RoPE so that attention needs no
 ``O(N^2)`` bias and can run as block-diagonal attention (§3.2). The paper gives no formula; the
-layout below is the authors' (EVA02-style ``VisionRotaryEmbedding``, project notes
-official_code_facts §1.2 / §2.2):
+layout below is the authors' (EVA02-style ``VisionRotaryEmbedding`` in
+YouHuang67/High-Resolution-Segment-Anything, ``models/backbones/hrsam.py``, and
+YouHuang67/inter2former, ``inter2former/backbones/hrsam_no_ssm.py``):
 
 * a head of ``D`` channels is split in two halves: the first ``D/2`` channels rotate with the
   token's row ``y``, the last ``D/2`` with its column ``x``;

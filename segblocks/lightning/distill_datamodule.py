@@ -1,73 +1,27 @@
 """Unlabelled images for SAM distillation (HRSAM supp. D.3, stage 1), defaulting to the synthetic images.
 
-HRSAM distils SAM-ViT-H's image embeddings into its encoder on COCO + LVIS images without labels.
-The authors' stage-1 pipeline (project notes official_code_facts §2.1) resizes every image so its
-longest side is 1024 (aspect ratio kept) and zero-pads it to 1024 × 1024: no crop and no flip, so
-one image always gives the same input and teacher embeddings can be precomputed once per image
-(:func:`segblocks.lightning.distill_module.precompute_embeddings`). Their photometric jitter is
-not applied here (it would break precomputed embeddings).
+The images go through :class:`~segblocks.data.ImageFolderDataset` (longest side ``image_size``,
+zero-padded square, no augmentation, so that teacher embeddings can be precomputed once per
+image by :func:`segblocks.lightning.distill_module.precompute_embeddings`).
 
 Without ``image_dir`` / ``val_image_dir`` the images of the embedded synthetic interactive dataset
 (:func:`~segblocks.data.interactive.make_synthetic_instances`) are used, one sample per image.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Sequence
 
-import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.coco_panoptic import read_rgb_image
-from ..data.interactive import IMAGE_SUFFIXES, make_synthetic_instances, resize_longest_side_and_pad
+from segblocks.data import ImageFolderDataset, collate_images
+from segblocks.data.interactive import make_synthetic_instances
 from segblocks.lightning._loaders import make_loader
 
 __all__ = ["DistillationDataModule", "DistillationImages", "collate_images"]
 
-
-class DistillationImages(Dataset):
-    """The images under ``root`` (recursive, sorted), resized to longest side ``size`` and padded to ``size²``.
-
-    Each sample: ``image`` (3, size, size) float32 RGB 0–255 (zero padding at the bottom/right),
-    ``valid_size`` ``(h, w)`` of the resized image, ``sample_id`` the path relative to ``root``
-    without suffix (the key of precomputed embeddings).
-
-    Args:
-        root: image folder.
-        size: longest side and padded side (1024 in HRSAM).
-        limit: keep only the first N images (None: all).
-    """
-
-    def __init__(self, *, root: str | os.PathLike, size: int, limit: int | None = None) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder not found: {root}")
-        if size < 1 or (limit is not None and limit < 1):
-            raise ValueError(f"size and limit must be >= 1; got {size}, {limit}")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
-        self.root, self.size, self.files = root, int(size), files[:limit]
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.files[index]
-        image = torch.from_numpy(read_rgb_image(path).copy()).permute(2, 0, 1).float()  # 3 x H x W (PIL arrays are read-only)
-        image, valid_size = resize_longest_side_and_pad(image, self.size)  # 3 x S x S
-        return {"image": image, "valid_size": valid_size, "sample_id": path.relative_to(self.root).with_suffix("").as_posix()}
-
-
-def collate_images(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Batch :class:`DistillationImages` samples: ``image`` (B, 3, S, S), ``valid_size`` (B, 2) int64, ``sample_id`` list."""
-    return {
-        "image": torch.stack([s["image"] for s in samples]),  # B x 3 x S x S
-        "valid_size": torch.tensor([tuple(s["valid_size"]) for s in samples], dtype=torch.long),  # B x 2
-        "sample_id": [s["sample_id"] for s in samples],
-    }
+#: Former name of :class:`~segblocks.data.ImageFolderDataset`, kept for existing imports.
+DistillationImages = ImageFolderDataset
 
 
 class DistillationDataModule(LightningDataModule):
@@ -109,8 +63,8 @@ class DistillationDataModule(LightningDataModule):
                 f"{image_size}, {batch_size}, {num_workers}, {max_val_samples}"
             )
         self.save_hyperparameters()
-        self.train_dataset: DistillationImages | None = None
-        self.val_dataset: DistillationImages | None = None
+        self.train_dataset: ImageFolderDataset | None = None
+        self.val_dataset: ImageFolderDataset | None = None
 
     def _synthetic_root(self) -> Path:
         hp = self.hparams
@@ -124,14 +78,14 @@ class DistillationDataModule(LightningDataModule):
         if self.hparams.image_dir is None or self.hparams.val_image_dir is None:
             self._synthetic_root()
 
-    def dataset(self, split: str) -> DistillationImages:
+    def dataset(self, split: str) -> ImageFolderDataset:
         """The ``"train"`` or ``"val"`` images (also used to precompute teacher embeddings)."""
         hp = self.hparams
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val'; got {split!r}")
         folder = hp.image_dir if split == "train" else hp.val_image_dir
         root = Path(folder) if folder is not None else self._synthetic_root() / split / "images"
-        return DistillationImages(root=root, size=hp.image_size, limit=hp.max_val_samples if split == "val" else None)
+        return ImageFolderDataset(root=root, size=hp.image_size, limit=hp.max_val_samples if split == "val" else None)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_dataset is None:

@@ -2,31 +2,31 @@
 
 ``min_θ Σ_i ||SAM-ViT-H(x_i) − HRSAM(x_i; θ)||²`` — the student encoder (e.g. an
 :class:`~segblocks.models.hrsam.HRSAMEncoder`) is trained with the MSE to the teacher's 256-d
-stride-16 embeddings of the same preprocessed image. The teacher is either
+stride-16 embeddings of the same preprocessed image. Both are injected modules (or registry
+names, :func:`segblocks.models.create_model`; weights with the one checkpoint convention, e.g.
+``sam_vit_h_encoder(checkpoint="sam_vit_h_4b8939.pth", checkpoint_prefix="image_encoder.")``).
+The teacher is either
 
-* a module (any SAM-style encoder, e.g. :class:`~segblocks.models.sam.ViTImageEncoder` with a
-  local checkpoint) run frozen, in eval mode and without gradients on every batch, or
-* embeddings precomputed on disk, as the authors do (``BaseEmbedLoader``, notes
-  official_code_facts §2.1): ``<embeddings_dir>/<split>/<quoted sample id>.pt`` (or ``.npy``),
-  one ``(C, h, w)`` tensor per image, written by :func:`precompute_embeddings` or by::
-
-      python -m segblocks.lightning.distill_module --out data/embeds --teacher-preset vit_b \\
-          --checkpoint sam_vit_b_01ec64.pth --image-dir coco/train2017 --val-image-dir coco/val2017
+* a module run frozen, in eval mode and without gradients on every batch, or
+* embeddings precomputed on disk, as the authors do (HRSAM code,
+  YouHuang67/High-Resolution-Segment-Anything, ``BaseEmbedLoader`` in the stage-1 configs):
+  ``<embeddings_dir>/<split>/<quoted sample id>.pt`` (or ``.npy``), one ``(C, h, w)`` tensor per
+  image, written by :func:`precompute_teacher_embeddings` (whole splits of a
+  :class:`~segblocks.lightning.distill_datamodule.DistillationDataModule`) or
+  :func:`precompute_embeddings` (any batches).
 
 Both see the student's input: images with their padding set to the pixel mean, normalised and
 padded to a multiple of 16 (:func:`encoder_inputs`, the same preprocessing as
-:class:`~segblocks.lightning.sam_module.SamInteractive`, so stage 2 sees what stage 1 trained
-on). The loss is the mean over all elements, i.e. the per-sample MSE (the authors' loss)
-averaged over the batch. A module teacher is left out of the saved checkpoints.
+:class:`~segblocks.models.sam.SamClickModel`, so stage 2 sees what stage 1 trained on). The loss
+is the mean over all elements, i.e. the per-sample MSE (the authors' loss) averaged over the
+batch. A module teacher is left out of the saved checkpoints.
 
-Optimisation: :func:`~segblocks.lightning.warmup_poly.warmup_poly_optimizer` (AdamW 1e-4, wd
-0.05, linear warm-up from 1e-6 then poly decay). The authors' stage 1 additionally uses a
-layer-wise lr decay of 0.9, not reproduced here.
+Optimisation: :func:`segblocks.optim.configure_adamw` — AdamW 1e-4, wd 0.05, layer-wise lr decay
+0.9 over the student's blocks (Cycle-scans, ``pos_embed`` and ``patch_embed`` excluded), linear
+warm-up from 1e-6 then poly decay (HRSAM supp. D.3 and its stage-1 config).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -39,19 +39,20 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from segblocks.lightning.warmup_poly import warmup_poly_optimizer
-from segblocks.models.backbones.checkpoint import load_checkpoint
-from segblocks.models.hrsam import HRSAM_PRESETS
+from segblocks.models import create_model
 from segblocks.models.sam import SamPreprocess
+from segblocks.models.sam.click_model import mean_pad
+from segblocks.optim import configure_adamw
 
 __all__ = [
     "EMBEDDING_SUFFIXES",
     "PrecomputedEmbeddings",
     "SamDistillation",
+    "HRSAM_LAYER_DECAY_IGNORE",
     "embedding_file",
     "encoder_inputs",
-    "main",
     "precompute_embeddings",
+    "precompute_teacher_embeddings",
 ]
 
 EMBEDDING_SUFFIXES = (".pt", ".npy")
@@ -66,18 +67,10 @@ def encoder_inputs(images: torch.Tensor, valid_size: torch.Tensor, preprocess: S
         preprocess: normalisation and padding to the encoder's stride.
 
     Returns:
-        (B, 3, Hp, Wp) with the padding exactly 0 after normalisation (notes §0.2).
+        (B, 3, Hp, Wp) with the padding exactly 0 after normalisation (the authors' normalise-then-pad
+        order, HRSAM code ``configs/hrsam/hrsam.py``).
     """
-    if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
-        raise ValueError(f"images must be float (B, 3, H, W); got {images.dtype} {tuple(images.shape)}")
-    if valid_size.shape != (images.shape[0], 2):
-        raise ValueError(f"valid_size must be (B={images.shape[0]}, 2); got {tuple(valid_size.shape)}")
-    B, _, H, W = images.shape
-    h, w = valid_size.to(images.device).unbind(-1)  # B each
-    rows = torch.arange(H, device=images.device).view(1, H, 1) < h.view(B, 1, 1)  # B x H x 1
-    cols = torch.arange(W, device=images.device).view(1, 1, W) < w.view(B, 1, 1)  # B x 1 x W
-    mean = preprocess.pixel_mean.to(images)  # 3 x 1 x 1
-    return preprocess(torch.where((rows & cols)[:, None], images, mean))  # B x 3 x Hp x Wp
+    return preprocess(mean_pad(images, valid_size, preprocess.pixel_mean))  # B x 3 x Hp x Wp
 
 
 def embedding_file(root: str | os.PathLike, sample_id: str, suffix: str = ".pt") -> Path:
@@ -196,6 +189,18 @@ def precompute_embeddings(
     return written
 
 
+#: Parameters the HRSAM stage-1 config keeps out of the layer-wise lr decay (Mamba = Cycle-scan).
+HRSAM_LAYER_DECAY_IGNORE = ("*cycle_scans*", "*fusion_scans*", "*pos_embed*", "*patch_embed*")
+
+
+def _module(value: nn.Module | str, what: str) -> nn.Module:
+    if isinstance(value, str):
+        value = create_model(value)
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{what} must be an nn.Module or a registry name; got {type(value).__name__}")
+    return value
+
+
 class SamDistillation(LightningModule):
     """Stage 1 of HRSAM (supp. D.3): MSE between the student's and a frozen teacher's embeddings.
 
@@ -203,62 +208,47 @@ class SamDistillation(LightningModule):
     :class:`~segblocks.lightning.distill_datamodule.DistillationDataModule`.
 
     Args:
-        student: the encoder to train; or leave None and name ``student_preset``.
-        student_preset: a key of :data:`~segblocks.models.hrsam.HRSAM_PRESETS` (``"tiny"``,
-            ``"pp_tiny"``, ``"vit_b"``, ``"pp_vit_b"``); ``"tiny"`` when neither is given.
-        student_kwargs: keyword overrides of the preset (e.g. ``{"drop_path_rate": 0.2}``).
-        teacher: frozen teacher encoder (e.g. ``ViTImageEncoder``); exclusive with ``embeddings_dir``.
-        teacher_checkpoint: local file loaded into ``teacher`` (strict).
-        teacher_prefix: key prefix of the teacher in that file (``"image_encoder."`` for the
-            official SAM files, ``"sam.image_encoder."`` for a
-            :class:`~segblocks.lightning.sam_module.SamInteractive` checkpoint).
+        student: the encoder to train, or a registry name (``"hrsam_tiny"``, ``"hrsam_pp_vit_b"``, ...).
+        teacher: frozen teacher encoder or registry name (e.g. ``sam_vit_h_encoder`` with its
+            checkpoint); exclusive with ``embeddings_dir``.
         embeddings_dir: precomputed embeddings with ``train/`` and ``val/`` sub-folders.
-        lr, weight_decay, warmup_steps, warmup_start_factor: see
-            :func:`~segblocks.lightning.warmup_poly.warmup_poly_optimizer`.
+        lr, weight_decay: AdamW (1e-4, 0.05).
+        warmup_steps, warmup_start_factor: linear warm-up (1500 steps from 1e-6).
+        layer_decay: layer-wise lr decay of the student's ``blocks.{i}`` (0.9 in HRSAM; None: off).
+        layer_decay_ignore: ``fnmatch`` patterns of student parameters without layer decay.
 
-    The trained encoder's weights are the checkpoint keys ``student.*`` (stage 2 loads them with
-    :class:`~segblocks.lightning.hrsam_module.HRSAMInteractive`'s ``encoder_checkpoint``).
+    The trained encoder's weights are the checkpoint keys ``student.*``; stage 2 loads them with
+    ``hrsam_tiny(checkpoint=..., checkpoint_prefix="student.")``.
     """
 
     def __init__(
         self,
         *,
-        student: nn.Module | None = None,
-        student_preset: str | None = None,
-        student_kwargs: dict[str, Any] | None = None,
-        teacher: nn.Module | None = None,
-        teacher_checkpoint: str | None = None,
-        teacher_prefix: str = "image_encoder.",
+        student: nn.Module | str,
+        teacher: nn.Module | str | None = None,
         embeddings_dir: str | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         warmup_steps: int = 1500,
         warmup_start_factor: float = 1e-6,
+        layer_decay: float | None = 0.9,
+        layer_decay_ignore: Sequence[str] = HRSAM_LAYER_DECAY_IGNORE,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["student", "teacher"])
-        if student is not None and (student_preset is not None or student_kwargs):
-            raise ValueError("give either a built `student` or a `student_preset` (+ `student_kwargs`), not both")
+        self.save_hyperparameters(
+            ignore=[k for k, v in (("student", student), ("teacher", teacher)) if isinstance(v, nn.Module)]
+        )
         if (teacher is None) == (embeddings_dir is None):
-            raise ValueError("give exactly one teacher: a `teacher` module or a precomputed `embeddings_dir`")
-        if teacher_checkpoint is not None and teacher is None:
-            raise ValueError("`teacher_checkpoint` needs a `teacher` module to load into")
-        if student is None:
-            preset = student_preset or "tiny"
-            if preset not in HRSAM_PRESETS:
-                raise ValueError(f"student_preset must be one of {sorted(HRSAM_PRESETS)}; got {preset!r}")
-            student = HRSAM_PRESETS[preset](**(student_kwargs or {}))
-        self.student = student
-        self.teacher = teacher
-        if teacher is not None:
-            if teacher_checkpoint is not None:
-                load_checkpoint(teacher, teacher_checkpoint, prefix=teacher_prefix, strict=True)
-            teacher.requires_grad_(False).eval()
+            raise ValueError("give exactly one teacher: a `teacher` module (or name) or a precomputed `embeddings_dir`")
+        self.student = _module(student, "student")
+        self.teacher = _module(teacher, "teacher") if teacher is not None else None
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False).eval()
         self.embeddings = (
             {split: PrecomputedEmbeddings(Path(embeddings_dir) / split) for split in ("train", "val")}
             if embeddings_dir is not None else None
         )
-        self.preprocess = SamPreprocess(size_divisor=getattr(student, "patch_size", 16))
+        self.preprocess = SamPreprocess(size_divisor=getattr(self.student, "patch_size", 16))
 
     def train(self, mode: bool = True) -> "SamDistillation":
         super().train(mode)
@@ -288,7 +278,10 @@ class SamDistillation(LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.log("val/mse", self.distillation_loss(batch, "val"), prog_bar=True, batch_size=len(batch["sample_id"]))
+        self.log(
+            "val/mse", self.distillation_loss(batch, "val"), prog_bar=True, batch_size=len(batch["sample_id"]),
+            sync_dist=True,
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The frozen teacher is rebuilt from its own source; keep checkpoints student-sized.
@@ -300,59 +293,61 @@ class SamDistillation(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return warmup_poly_optimizer(
-            self.student.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
-            total_steps=max(int(self.trainer.estimated_stepping_batches), 1), start_factor=hp.warmup_start_factor,
+        return configure_adamw(
+            self.student, lr=hp.lr, weight_decay=hp.weight_decay, layer_decay=hp.layer_decay,
+            layer_decay_ignore=tuple(hp.layer_decay_ignore),
+            total_steps=max(int(self.trainer.estimated_stepping_batches), 1), warmup_steps=hp.warmup_steps,
+            warmup_start_factor=hp.warmup_start_factor, decay="poly",
         )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m segblocks.lightning.distill_module``: precompute teacher embeddings (see the module docstring)."""
+def precompute_teacher_embeddings(
+    *,
+    teacher: nn.Module | str,
+    out_dir: str | os.PathLike,
+    datamodule: Any = None,
+    splits: Sequence[str] = ("train", "val"),
+    batch_size: int = 1,
+    num_workers: int = 0,
+    suffix: str = ".pt",
+    dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
+    device: torch.device | str | None = None,
+) -> dict[str, int]:
+    """Write the teacher's embeddings of every image of ``datamodule``'s splits under ``out_dir/<split>/``.
+
+    The files are what ``SamDistillation(embeddings_dir=out_dir)`` reads. Resumable: existing
+    files are skipped unless ``overwrite`` (see :func:`precompute_embeddings`).
+
+    Args:
+        teacher: encoder module or registry name (e.g. ``create_model("sam_vit_h_encoder",
+            checkpoint="sam_vit_h_4b8939.pth", checkpoint_prefix="image_encoder.")``).
+        out_dir: destination root; gets one sub-folder per split.
+        datamodule: the images (default: ``DistillationDataModule()``, the synthetic images);
+            its ``image_size`` must be the one used for training.
+        splits: ``"train"`` and/or ``"val"``.
+        batch_size, num_workers: loader settings.
+        suffix: ``".pt"`` or ``".npy"``.
+        dtype: stored dtype (``torch.float16`` halves the disk use).
+        overwrite: recompute existing files.
+        device: where the teacher runs (default: CUDA when available, else CPU).
+
+    Returns:
+        ``{split: number of files written}``.
+    """
     from segblocks.lightning.distill_datamodule import DistillationDataModule, collate_images
-    from segblocks.lightning.sam_module import SAM_PRESETS
-    from segblocks.models.sam import ViTImageEncoder
 
-    p = argparse.ArgumentParser(prog="python -m segblocks.lightning.distill_module", description=main.__doc__)
-    p.add_argument("--out", required=True, help="output folder; gets train/ and val/ sub-folders")
-    teacher = p.add_mutually_exclusive_group()
-    teacher.add_argument("--teacher-preset", choices=sorted(SAM_PRESETS), default="tiny",
-                         help="SAM preset whose encoder is the teacher")
-    teacher.add_argument("--vit-kwargs", help="ViTImageEncoder keyword arguments as JSON, e.g. SAM ViT-H: "
-                         '\'{"embed_dim": 1280, "depth": 32, "num_heads": 16, "global_attn_indexes": [7, 15, 23, 31]}\'')
-    p.add_argument("--checkpoint", help="local teacher weights")
-    p.add_argument("--prefix", default="image_encoder.", help="teacher key prefix in --checkpoint")
-    p.add_argument("--image-dir", help="training images (default: the synthetic train images)")
-    p.add_argument("--val-image-dir", help="validation images (default: the synthetic val images)")
-    p.add_argument("--image-size", type=int, default=1024)
-    p.add_argument("--cache-dir", help="synthetic dataset cache")
-    p.add_argument("--synthetic-num-train", type=int, default=200)
-    p.add_argument("--synthetic-num-val", type=int, default=30)
-    p.add_argument("--splits", nargs="+", choices=("train", "val"), default=["train", "val"])
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--format", choices=("pt", "npy"), default="pt")
-    p.add_argument("--half", action="store_true", help="store float16")
-    p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-
-    if args.vit_kwargs is not None:
-        encoder = ViTImageEncoder(**json.loads(args.vit_kwargs))
-        if args.checkpoint:
-            load_checkpoint(encoder, args.checkpoint, prefix=args.prefix, strict=True)
-    else:
-        encoder = SAM_PRESETS[args.teacher_preset](checkpoint=args.checkpoint).image_encoder
-    dm = DistillationDataModule(
-        image_dir=args.image_dir, val_image_dir=args.val_image_dir, image_size=args.image_size, cache_dir=args.cache_dir,
-        synthetic_num_train=args.synthetic_num_train, synthetic_num_val=args.synthetic_num_val,
-    )
-    for split in args.splits:
-        loader = torch.utils.data.DataLoader(dm.dataset(split), batch_size=args.batch_size, collate_fn=collate_images)
-        n = precompute_embeddings(
-            teacher=encoder, batches=loader, out_dir=Path(args.out) / split, suffix="." + args.format,
-            dtype=torch.float16 if args.half else torch.float32, overwrite=args.overwrite, device=args.device,
+    teacher = _module(teacher, "teacher")
+    dm = datamodule if datamodule is not None else DistillationDataModule()
+    device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    dm.prepare_data()
+    written = {}
+    for split in splits:
+        loader = torch.utils.data.DataLoader(
+            dm.dataset(split), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images
         )
-        print(f"{split}: wrote {n} embeddings to {Path(args.out) / split}")
-
-
-if __name__ == "__main__":
-    main()
+        written[split] = precompute_embeddings(
+            teacher=teacher, batches=loader, out_dir=Path(out_dir) / split, suffix=suffix, dtype=dtype,
+            overwrite=overwrite, device=device,
+        )
+    return written

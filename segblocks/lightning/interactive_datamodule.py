@@ -7,20 +7,18 @@
   ``eval_size``, originals kept for scoring).
 
 So ``lightning test -c recipe.yaml --data.root GrabCut`` evaluates on GrabCut whatever the
-recipe trained on.
+recipe trained on. Under DDP every val/test sample is evaluated by exactly one process
+(:func:`~segblocks.lightning._loaders.make_loader`), so 1 and N processes score the same set.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
 
-import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from segblocks.lightning._loaders import make_loader
-
-from ..data.interactive import (
+from segblocks.data import IndexedDataset
+from segblocks.data.interactive import (
     BENCHMARK_LAYOUTS,
     BenchmarkDataset,
     COCOInstanceDataset,
@@ -32,35 +30,12 @@ from ..data.interactive import (
     collate_interactive,
     make_synthetic_instances,
 )
+from segblocks.lightning._loaders import make_loader
 
-__all__ = ["EVAL_LAYOUTS", "InteractiveDataModule", "collate_with_index"]
+__all__ = ["EVAL_LAYOUTS", "InteractiveDataModule"]
 
 #: Accepted ``layout`` values: the benchmark layouts, ``sbd`` and ``folder``.
 EVAL_LAYOUTS = (*sorted(BENCHMARK_LAYOUTS), "sbd", "folder")
-
-
-class _Indexed(Dataset):
-    """Adds the sample's dataset index as ``index`` (names rows of the evaluation report)."""
-
-    def __init__(self, dataset: Dataset, limit: int | None = None) -> None:
-        self.dataset = dataset
-        self.length = len(dataset) if limit is None else min(limit, len(dataset))
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} samples")
-        return {**self.dataset[index], "index": index}
-
-
-def collate_with_index(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """:func:`~segblocks.data.interactive.collate_interactive` plus ``index`` (B,) int64 when every sample has one."""
-    batch = collate_interactive(samples)
-    if all("index" in s for s in samples):
-        batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
-    return batch
 
 
 class InteractiveDataModule(LightningDataModule):
@@ -72,6 +47,8 @@ class InteractiveDataModule(LightningDataModule):
             the :data:`~segblocks.data.interactive.BENCHMARK_LAYOUTS` (``grabcut``, ``berkeley``,
             ``davis``, ``coco_mval``, ``focuscut``), ``sbd`` (SBD val instances) or ``folder``
             (``root/images`` + ``root/masks`` paired by stem, any non-zero mask value is the object).
+        skip_empty_masks: leave out evaluation masks without object pixels (listed in
+            :attr:`skipped_samples`, with a warning) instead of failing on them.
         eval_size: longest side ``T`` of val/test inputs (SAM: 1024).
         max_val_samples: evaluate only the first N val samples (None: all).
         max_test_samples: evaluate only the first N test samples (None: all), e.g. for smoke tests.
@@ -97,6 +74,7 @@ class InteractiveDataModule(LightningDataModule):
         *,
         root: str | None = None,
         layout: str | None = None,
+        skip_empty_masks: bool = False,
         eval_size: int = 256,
         max_val_samples: int | None = None,
         max_test_samples: int | None = None,
@@ -158,12 +136,21 @@ class InteractiveDataModule(LightningDataModule):
         if hp.root is None:
             return SyntheticInstanceDataset(split="val", root=self._synthetic_root(), transform=transform)
         layout = hp.layout or "grabcut"
+        on_empty = "skip" if hp.skip_empty_masks else "error"
         if layout == "sbd":
             return SBDInstanceDataset(root=hp.root, split="val", transform=transform)
         if layout == "folder":
             root = Path(hp.root)
-            return ImageMaskFolderDataset(image_dir=root / "images", mask_dir=root / "masks", transform=transform)
-        return BenchmarkDataset(root=hp.root, layout=layout, transform=transform)
+            return ImageMaskFolderDataset(image_dir=root / "images", mask_dir=root / "masks", transform=transform, on_empty=on_empty)
+        return BenchmarkDataset(root=hp.root, layout=layout, transform=transform, on_empty=on_empty)
+
+    @property
+    def skipped_samples(self) -> list[tuple[Path, str]]:
+        """``(mask path, reason)`` of the evaluation files left out by ``skip_empty_masks`` (after ``setup``)."""
+        for dataset in (self.test_dataset, self.val_dataset):
+            if dataset is not None:
+                return list(getattr(dataset.dataset, "skipped", []))
+        return []
 
     def _train_dataset(self) -> Dataset:
         hp = self.hparams
@@ -183,15 +170,15 @@ class InteractiveDataModule(LightningDataModule):
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self._train_dataset()
         if stage in (None, "fit", "validate") and self.val_dataset is None:
-            self.val_dataset = _Indexed(self._eval_dataset(), hp.max_val_samples)
+            self.val_dataset = IndexedDataset(self._eval_dataset(), hp.max_val_samples)
         if stage in (None, "test") and self.test_dataset is None:
-            self.test_dataset = _Indexed(self._eval_dataset(), hp.max_test_samples)
+            self.test_dataset = IndexedDataset(self._eval_dataset(), hp.max_test_samples)
 
     def _loader(self, dataset: Dataset | None, *, train: bool) -> DataLoader:
         hp = self.hparams
         return make_loader(
             dataset, owner=type(self).__name__, batch_size=hp.batch_size if train else hp.eval_batch_size,
-            train=train, num_workers=hp.num_workers, collate_fn=collate_with_index,
+            train=train, num_workers=hp.num_workers, collate_fn=collate_interactive,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,25 +1,13 @@
-"""Reusable LightningModule for click-based interactive segmentation: iterative training, K-click evaluation.
+"""LightningModule for click-based interactive segmentation: iterative training, K-click evaluation.
 
-Subclasses implement the :class:`~segblocks.interactive.protocol.InteractiveModel` pair
-``encode`` / ``decode`` (see :class:`~segblocks.lightning.sam_module.SamInteractive`); this base
-class owns everything around it.
+The model is injected: any :class:`~segblocks.interactive.protocol.InteractiveModel` (``encode`` /
+``decode``), e.g. :class:`~segblocks.models.sam.SamClickModel` around SAM or SAM-on-HRSAM, or a
+registry name resolved once with :func:`segblocks.models.create_model` (a SAM-style model is
+wrapped in ``SamClickModel``). This module owns everything around it:
 
-**Iterative training** (RITM's scheme as InterFormer / Inter2Former §4.2 / HRSAM / FocSAM use it;
-details from the authors' code, notes §0.4, §1.8, §2.4). Per batch:
-
-1. draw ``k`` with ``P(k) ∝ γ^k``, ``k ∈ {0..max_train_clicks}`` (one ``k`` for the whole batch,
-   as the authors do);
-2. without gradients and in eval mode: place the first click from an empty prediction with the
-   evaluation rule (``inner_k=1``), then ``k`` times decode → ``logit > 0`` → add a click with the
-   training rule (``inner_k=1.7``), feeding the previous decode output back. Samples whose error
-   vanished get no further click, so click counts differ within a batch (padding label −1);
-3. one decode with gradients on all the clicks and the last previous output, then NFL (+ the
-   optional FocSAM point loss, Eq. 10) on the logits resized to the crop.
-
-The image is encoded **once per step, with gradients**, and the simulated decodes reuse that
-state under ``no_grad`` (no graph is built for them). Inter2Former instead runs its backbone
-twice (no-grad in eval mode for the simulation, then with gradients); the two agree unless the
-encoder has batch-norm or dropout, and encoding once halves the encoder cost.
+**Iterative training**: :func:`segblocks.interactive.training.iterative_training_loss` (RITM's
+scheme as Inter2Former §4.2 / HRSAM / FocSAM train: ``k ~ P ∝ γ^k`` no-grad simulated clicks, then
+one graded decode; NFL + the optional FocSAM point loss).
 
 **Evaluation** (``validation_step`` with ``val_clicks``, ``test_step`` with ``test_clicks``):
 :func:`~segblocks.interactive.evaluation.evaluate_clicks` per batch into
@@ -27,12 +15,13 @@ encoder has batch-norm or dropout, and encoding once halves the encoder cost.
 a table, and the test writes ``per_sample_iou.csv`` / ``.json`` and ``miou_vs_clicks.png`` into
 the trainer's log dir.
 
-Optimisation: AdamW (lr 1e-4, weight decay 0.05), linear warm-up then polynomial (power 1) decay
-to 0, as the HRSAM / FocSAM configs (notes §2.1, §3.1).
+**Optimisation**: :func:`segblocks.optim.configure_adamw` — AdamW (lr 1e-4, weight decay 0.05,
+none on norms / biases / position tables), linear warm-up from ``warmup_start_factor`` then
+polynomial (power 1) decay to 0, as the HRSAM / FocSAM configs (HRSAM supp. D.3; HRSAM code,
+YouHuang67/High-Resolution-Segment-Anything, ``configs/hrsam/``).
 """
 from __future__ import annotations
 
-import abc
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,14 +29,18 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 
-from segblocks.interactive.clicker import TRAIN_INNER_K, Clicks, next_click, sample_num_clicks
+from segblocks.interactive.clicker import TRAIN_INNER_K
 from segblocks.interactive.evaluation import evaluate_clicks, write_click_report
-from segblocks.interactive.protocol import ClickPrompts, logits_to_input
-from segblocks.losses import normalized_focal_loss, point_loss
+from segblocks.interactive.protocol import ClickPrompts, InteractiveModel
+from segblocks.interactive.training import iterative_training_loss
 from segblocks.metrics import InteractiveMetrics, format_metrics_table
+from segblocks.models import create_model
+from segblocks.models.sam import SamClickModel, SamModel
+from segblocks.optim import configure_adamw
 
-__all__ = ["InteractiveSegmentation"]
+__all__ = ["InteractiveSegmentation", "resolve_interactive_model"]
 
 #: mIoU@k logged besides 5-mIoU (the authors' ``click_indices``); the report files keep every k.
 _LOGGED_MIOU = (1, 2, 3, 4, 10, 15, 20)
@@ -56,14 +49,17 @@ _TABLE_KEYS = ("num_samples", "noc@85", "noc@90", "noc@95", "nof@85", "nof@90", 
                "stability/drop_fraction")
 
 
-class InteractiveSegmentation(LightningModule, abc.ABC):
-    """Iterative click training and K-click evaluation around ``encode`` / ``decode``.
+class InteractiveSegmentation(LightningModule):
+    """Iterative click training and K-click evaluation of an injected ``encode`` / ``decode`` model.
 
     Batches come from :class:`~segblocks.lightning.interactive_datamodule.InteractiveDataModule`
     (:func:`~segblocks.data.interactive.collate_interactive`, plus an optional ``index`` (B,) of
     dataset indices used to name rows of the test report).
 
     Args:
+        model: an :class:`~segblocks.interactive.protocol.InteractiveModel` (an ``nn.Module`` to
+            train and checkpoint; any object for evaluation only), or a registry name (``"sam_tiny"``, ``"sam_hrsam_tiny"``; see
+            :func:`segblocks.models.list_models`).
         gamma: ``γ`` of ``P(k) ∝ γ^k`` (0.6 for COCO in the authors' configs).
         max_train_clicks: largest ``k`` (20).
         train_inner_k: candidate threshold of the training clicks after the first (1.7).
@@ -73,17 +69,15 @@ class InteractiveSegmentation(LightningModule, abc.ABC):
         thresholds: IoU targets of NoC / NoF.
         eval_seed: seed of the evaluation clicker's tie-breaking, reset at each evaluation
             epoch (the authors seed 42).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and 1-D parameters).
-        warmup_steps: linear warm-up length, capped at a tenth of the training steps.
+        lr, weight_decay: AdamW (1e-4, 0.05).
+        warmup_steps, warmup_start_factor: linear warm-up length and first-step lr factor (1500, 1e-6).
+        layer_decay: layer-wise lr decay of the ``blocks.{i}`` of the image encoder (None: off).
     """
-
-    #: Constructor arguments (of subclasses too) kept out of ``hparams``: injected modules.
-    hparams_ignore: tuple[str, ...] = ()
 
     def __init__(
         self,
         *,
+        model: nn.Module | str,
         gamma: float = 0.6,
         max_train_clicks: int = 20,
         train_inner_k: float = TRAIN_INNER_K,
@@ -95,6 +89,8 @@ class InteractiveSegmentation(LightningModule, abc.ABC):
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         warmup_steps: int = 1500,
+        warmup_start_factor: float = 1e-6,
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         if max_train_clicks < 0 or val_clicks < 1 or test_clicks < 1:
@@ -104,7 +100,8 @@ class InteractiveSegmentation(LightningModule, abc.ABC):
             )
         if point_loss_weight < 0 or warmup_steps < 0:
             raise ValueError(f"point_loss_weight and warmup_steps must be >= 0; got {point_loss_weight}, {warmup_steps}")
-        self.save_hyperparameters(ignore=list(self.hparams_ignore))  # collects the subclass' arguments too
+        self.save_hyperparameters(ignore=[] if isinstance(model, str) else ["model"])
+        self.model = resolve_interactive_model(model)
         self.val_metrics = InteractiveMetrics(max_clicks=val_clicks, thresholds=thresholds)
         self.test_metrics = InteractiveMetrics(max_clicks=test_clicks, thresholds=thresholds)
         self._eval_rng = np.random.default_rng(eval_seed)
@@ -113,76 +110,32 @@ class InteractiveSegmentation(LightningModule, abc.ABC):
         self.report_paths: dict[str, Path] = {}
 
     # ------------------------------------------------------------------ the model
-    @abc.abstractmethod
     def encode(self, images: torch.Tensor, valid_size: torch.Tensor) -> Any:
-        """Once per image; see :meth:`segblocks.interactive.protocol.InteractiveModel.encode`."""
+        """Once per image: ``self.model.encode`` (:meth:`segblocks.interactive.protocol.InteractiveModel.encode`)."""
+        return self.model.encode(images, valid_size)
 
-    @abc.abstractmethod
     def decode(self, state: Any, prompts: ClickPrompts, previous: torch.Tensor | None) -> torch.Tensor:
-        """Once per click, ``(B, 1, h, w)`` logits; see :meth:`segblocks.interactive.protocol.InteractiveModel.decode`."""
+        """Once per click: ``self.model.decode`` (:meth:`segblocks.interactive.protocol.InteractiveModel.decode`)."""
+        return self.model.decode(state, prompts, previous)
 
     # ------------------------------------------------------------------ training
-    def simulate_clicks(
-        self, state: Any, gt: torch.Tensor, ignore: torch.Tensor, num_clicks: int
-    ) -> tuple[Clicks, torch.Tensor | None]:
-        """Step 2 of the module docstring: the first click, then ``num_clicks`` predict → click rounds.
-
-        Runs without gradients and with the module in eval mode (restored afterwards).
-
-        Args:
-            state: :meth:`encode` output for the batch.
-            gt: ``(B, H, W)`` bool objects in the input frame.
-            ignore: ``(B, H, W)`` bool pixels never clicked.
-            num_clicks: ``k``, the prediction-driven clicks after the first.
-
-        Returns:
-            The clicks (``1 + k`` at most per sample) and the last decode output (None if ``k = 0``).
-        """
-        B, H, W = gt.shape
-        size = torch.tensor([[H, W]], device=gt.device).expand(B, 2)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                clicks = Clicks.empty(B, device=gt.device)
-                coords, positive, placed = next_click(torch.zeros_like(gt), gt, ignore=ignore, inner_k=1.0)
-                clicks = clicks.append(coords, positive, placed)
-                previous = None
-                for _ in range(num_clicks):
-                    previous = self.decode(state, ClickPrompts(clicks=clicks, frame_size=size, input_size=size), previous)
-                    pred = logits_to_input(previous, (H, W))[:, 0] > 0  # B x H x W
-                    coords, positive, placed = next_click(
-                        pred, gt, ignore=ignore, clicked=clicks.to_mask(H, W), inner_k=self.hparams.train_inner_k
-                    )
-                    clicks = clicks.append(coords, positive, placed)
-        finally:
-            self.train(was_training)
-        return clicks, previous
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        images, gt, ignore = batch["image"], batch["mask"], batch["ignore"]
-        B, H, W = gt.shape
-        k = sample_num_clicks(gamma=self.hparams.gamma, max_clicks=self.hparams.max_train_clicks)
-        state = self.encode(images, batch["valid_size"])
-        clicks, previous = self.simulate_clicks(state, gt, ignore, k)
-        size = torch.tensor([[H, W]], device=gt.device).expand(B, 2)
-        prompts = ClickPrompts(clicks=clicks, frame_size=size, input_size=size)
-        logits = logits_to_input(self.decode(state, prompts, previous), (H, W))  # B x 1 x H x W
-        target = torch.where(ignore, torch.full_like(gt, 255, dtype=torch.long), gt.long())  # B x H x W
-        nfl = normalized_focal_loss(logits, target)
-        loss = nfl
-        if self.hparams.point_loss_weight > 0:
-            ptl = point_loss(logits, clicks.coords, clicks.labels)
-            loss = loss + self.hparams.point_loss_weight * ptl
-            self.log("train/point_loss", ptl, batch_size=B)
-        self.log("train/loss", loss, prog_bar=True, batch_size=B)
-        self.log("train/nfl", nfl, batch_size=B)
-        self.log("train/num_clicks", clicks.num_clicks.float().mean(), batch_size=B)
-        return loss
+        hp = self.hparams
+        out = iterative_training_loss(
+            self.model, batch, gamma=hp.gamma, max_clicks=hp.max_train_clicks, inner_k=hp.train_inner_k,
+            point_loss_weight=hp.point_loss_weight,
+        )
+        B = batch["mask"].shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=B)
+        self.log("train/nfl", out["nfl"], batch_size=B)
+        self.log("train/num_clicks", out["num_clicks"], batch_size=B)
+        if "point_loss" in out:
+            self.log("train/point_loss", out["point_loss"], batch_size=B)
+        return out["loss"]
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: dict, metrics: InteractiveMetrics) -> None:
-        curves = evaluate_clicks(self, batch, max_clicks=metrics.max_clicks, generator=self._eval_rng)
+        curves = evaluate_clicks(self.model, batch, max_clicks=metrics.max_clicks, generator=self._eval_rng)
         index = batch.get("index")
         if index is None:  # no dataset indices: number the samples in the order seen
             start = len(self._sample_ids)
@@ -202,7 +155,7 @@ class InteractiveSegmentation(LightningModule, abc.ABC):
     def _log_metrics(self, metrics: InteractiveMetrics, prefix: str) -> dict[str, float]:
         values = {k: float(v) for k, v in metrics.compute().items()}
         per_click = {f"miou@{k}" for k in range(1, metrics.max_clicks + 1) if k not in _LOGGED_MIOU}
-        self.log_dict({f"{prefix}/{k}": v for k, v in values.items() if k not in per_click}, sync_dist=False)
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items() if k not in per_click}, sync_dist=True)
         if not self.trainer.sanity_checking:
             spc = (f"{metrics.max_clicks}-spc", "online-spc")
             shown = {k: values[k] for k in (*_TABLE_KEYS, *spc) if k in values}
@@ -245,21 +198,29 @@ class InteractiveSegmentation(LightningModule, abc.ABC):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        """AdamW without decay on biases and 1-D parameters; linear warm-up, then poly (power 1) decay."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() > 1]
-        no_decay = [p for p in params if p.dim() <= 1]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
+        """:func:`segblocks.optim.configure_adamw`: warm-up then poly decay, per step."""
+        hp = self.hparams
+        return configure_adamw(
+            self.model, lr=hp.lr, weight_decay=hp.weight_decay, layer_decay=hp.layer_decay,
+            total_steps=max(int(self.trainer.estimated_stepping_batches), 1), warmup_steps=hp.warmup_steps,
+            warmup_start_factor=hp.warmup_start_factor, decay="poly",
         )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(self.hparams.warmup_steps, total // 10)
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, 1.0 - (step - warmup) / max(total - warmup, 1))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+def resolve_interactive_model(model: nn.Module | str) -> InteractiveModel:
+    """The ``model`` argument of :class:`InteractiveSegmentation` as a module implementing the click protocol.
+
+    A string is built once with :func:`segblocks.models.create_model`; a SAM-style
+    :class:`~segblocks.models.sam.SamModel` (built or named) is wrapped in
+    :class:`~segblocks.models.sam.SamClickModel`.
+    """
+    if isinstance(model, str):
+        model = create_model(model)
+    if isinstance(model, SamModel):
+        model = SamClickModel(sam=model)
+    if not isinstance(model, InteractiveModel):
+        raise TypeError(
+            f"model must implement encode(images, valid_size) and decode(state, prompts, previous) "
+            f"(segblocks.interactive.InteractiveModel); got {type(model).__name__}"
+        )
+    return model

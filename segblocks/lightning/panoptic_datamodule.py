@@ -4,16 +4,19 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from ..data.coco_panoptic import COCOPanopticDataset, load_json
-from ..data.collate import collate_panoptic
-from ..data.panoptic_meta import PanopticMeta
-from ..data.synthetic_panoptic import make_synthetic_panoptic, synthetic_panoptic_meta
-from ..data.transforms import PanopticEvalTransform, PanopticTrainTransform
+from segblocks.data import (
+    COCOPanopticDataset,
+    PanopticEvalTransform,
+    PanopticMeta,
+    PanopticTrainTransform,
+    collate_panoptic,
+    load_json,
+    make_synthetic_panoptic,
+    synthetic_panoptic_meta,
+)
 from segblocks.lightning._loaders import make_loader
 
 __all__ = ["PanopticDataModule"]
@@ -172,14 +175,10 @@ class PanopticDataModule(LightningDataModule):
 
     def _loader(self, dataset: COCOPanopticDataset | None, *, train: bool) -> DataLoader:
         hp = self.hparams
-        sampler = None
-        if dataset is not None and not train and torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Lightning's default DistributedSampler pads the split with repeated images, which
-            # would count them twice in PQ/mIoU/AP; this sampler gives each image to one rank.
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        # Under DDP each val/test image goes to exactly one process (never counted twice in PQ/AP).
         return make_loader(
             dataset, owner=type(self).__name__, batch_size=hp.batch_size, train=train, num_workers=hp.num_workers,
-            collate_fn=functools.partial(collate_panoptic, size_divisibility=hp.size_divisibility), sampler=sampler,
+            collate_fn=functools.partial(collate_panoptic, size_divisibility=hp.size_divisibility),
         )
 
     def train_dataloader(self) -> DataLoader:

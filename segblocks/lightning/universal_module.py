@@ -1,12 +1,19 @@
 """LightningModule for Mask2Former-style universal (panoptic / semantic / instance) segmentation.
 
+The model is injected: a whole :class:`~segblocks.models.mask2former.Mask2Former` (built, or a
+registry name such as ``"proscale_r50_333"`` built once with ``num_classes``), or its
+``backbone`` + ``pixel_decoder`` with the transformer decoder sized here.
+
 Training follows Mask2Former as PRO-SCALE does (supp. A): Hungarian matching, CE (no-object weight
 0.1, class weight 2.0) + point-sampled mask BCE (5.0) and dice (5.0) with deep supervision,
-AdamW (lr 1e-4, backbone lr × 0.1, weight decay 0.05) and a step decay ×0.1 at 0.9 and 0.95 of
-the training steps. Validation logs PQ/SQ/RQ, mIoU and mask AP and prints them as a table.
+AdamW (lr 1e-4, backbone lr × 0.1, weight decay 0.05, none on norms, biases and embeddings) and a
+step decay ×0.1 at 0.9 and 0.95 of the training steps (:func:`segblocks.optim.configure_adamw`).
+Validation logs PQ/SQ/RQ, mIoU and mask AP and prints them as a table; undefined entries (e.g.
+AP-large on images without large objects) are left out of both.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -17,27 +24,28 @@ from torch import nn
 from segblocks.metrics import MaskAP, PanopticQualityMetric, SemanticIoU, format_metrics_table
 from segblocks.models.mask2former.criterion import SetCriterion
 from segblocks.models.mask2former.matcher import HungarianMatcher
-from segblocks.models.mask2former.model import Mask2Former
-from segblocks.models.mask2former.transformer_decoder import MultiScaleMaskedTransformerDecoder
+from segblocks.models import create_model
+from segblocks.models.mask2former.model import Mask2Former, mask2former_from_parts
+from segblocks.optim import configure_adamw
 
 __all__ = ["UniversalSegmentation"]
-
-_NO_DECAY = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.Embedding)
-# embeddings stored as bare parameters (detectron2's WEIGHT_DECAY_EMBED = 0 covers them)
-_NO_DECAY_NAMES = ("level_embed", "query_feat", "query_embed", "relative_position_bias_table", "absolute_pos_embed")
 
 
 class UniversalSegmentation(LightningModule):
     """Mask2Former / PRO-SCALE training and evaluation.
 
     Args:
-        backbone: image backbone returning ``res2..res5`` (e.g. ``TinyBackbone``, ``SwinTransformer``).
+        model: a whole model, or a registry name built with ``num_classes`` (e.g.
+            ``"proscale_r50_333"``, :func:`segblocks.models.list_models`); exclusive with
+            ``backbone`` / ``pixel_decoder``.
+        backbone: image backbone returning ``res2..res5`` (e.g. ``TinyBackbone``, ``SwinTransformer``,
+            or a registry name such as ``"resnet50"``).
         pixel_decoder: :class:`~segblocks.models.mask2former.MSDeformPixelDecoder` (its encoder picks
             Mask2Former or PRO-SCALE).
         num_classes: number of categories K (linked from ``data.num_classes`` by the CLI).
         thing_classes: contiguous ids of the "thing" categories (linked from the data).
-        num_queries, dec_layers, hidden_dim, nheads, dim_feedforward: transformer decoder (100, 9,
-            256, 8, 2048 in Mask2Former).
+        num_queries, dec_layers, hidden_dim, nheads, dim_feedforward: transformer decoder built
+            with ``backbone`` + ``pixel_decoder`` (100, 9, 256, 8, 2048 in Mask2Former).
         class_weight, mask_weight, dice_weight, no_object_weight: loss weights (2, 5, 5, 0.1).
         train_num_points: points sampled per mask for the matcher and the mask losses (112²).
         object_mask_threshold, overlap_threshold: panoptic inference thresholds (0.8, 0.8).
@@ -49,8 +57,9 @@ class UniversalSegmentation(LightningModule):
     def __init__(
         self,
         *,
-        backbone: nn.Module,
-        pixel_decoder: nn.Module,
+        model: nn.Module | str | None = None,
+        backbone: nn.Module | str | None = None,
+        pixel_decoder: nn.Module | None = None,
         num_classes: int,
         thing_classes: Sequence[int],
         num_queries: int = 100,
@@ -73,24 +82,30 @@ class UniversalSegmentation(LightningModule):
         eval_tasks: Sequence[str] = ("panoptic", "semantic", "instance"),
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "pixel_decoder"])
+        self.save_hyperparameters(
+            ignore=[k for k, v in (("model", model), ("backbone", backbone), ("pixel_decoder", pixel_decoder))
+                    if isinstance(v, nn.Module)]
+        )
         self.thing_classes = [int(c) for c in thing_classes]
         if any(not 0 <= c < num_classes for c in self.thing_classes):
             raise ValueError(f"thing_classes must be contiguous ids in [0, {num_classes}), got {self.thing_classes}")
-        self.model = Mask2Former(
-            backbone=backbone,
-            pixel_decoder=pixel_decoder,
-            transformer_decoder=MultiScaleMaskedTransformerDecoder(
-                in_channels=pixel_decoder.conv_dim,
-                hidden_dim=hidden_dim,
-                num_classes=num_classes,
-                num_queries=num_queries,
-                nheads=nheads,
-                dim_feedforward=dim_feedforward,
-                dec_layers=dec_layers,
-                mask_dim=pixel_decoder.mask_dim,
-            ),
-        )
+        if (model is None) == (backbone is None and pixel_decoder is None):
+            raise ValueError("give either a whole `model` or a `backbone` and a `pixel_decoder`, not both / neither")
+        if model is None:
+            if backbone is None or pixel_decoder is None:
+                raise ValueError("`backbone` and `pixel_decoder` go together")
+            model = mask2former_from_parts(
+                backbone=create_model(backbone) if isinstance(backbone, str) else backbone,
+                pixel_decoder=pixel_decoder, num_classes=num_classes, num_queries=num_queries,
+                dec_layers=dec_layers, hidden_dim=hidden_dim, nheads=nheads, dim_feedforward=dim_feedforward,
+            )
+        elif isinstance(model, str):
+            model = create_model(model, num_classes=num_classes)
+        if not isinstance(model, Mask2Former):
+            raise TypeError(f"model must be a Mask2Former (or a registry name building one); got {type(model).__name__}")
+        if model.num_classes is not None and model.num_classes != num_classes:
+            raise ValueError(f"the model classifies {model.num_classes} categories but num_classes={num_classes}")
+        self.model = model
         self.criterion = SetCriterion(
             num_classes=num_classes,
             matcher=HungarianMatcher(
@@ -160,7 +175,10 @@ class UniversalSegmentation(LightningModule):
         for metric in metrics.values():
             values.update({k: float(v) for k, v in metric.compute().items()})
             metric.reset()
-        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=False)
+        # NaN = undefined here (e.g. AP-large without large objects): neither logged nor printed.
+        values = {k: v for k, v in values.items() if not math.isnan(v)}
+        # Values come from synced torchmetrics (equal on every rank); sync_dist only states it.
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=True)
         if not self.trainer.sanity_checking:
             rank_zero_info("\n" + format_metrics_table(values, title=f"{prefix} (step {self.global_step})"))
 
@@ -180,19 +198,10 @@ class UniversalSegmentation(LightningModule):
         return self._predict(batch)
 
     def configure_optimizers(self):
-        """AdamW with a backbone lr multiplier, no weight decay on norms/embeddings (Mask2Former)."""
-        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-        for module_name, module in self.model.named_modules():
-            for name, param in module.named_parameters(recurse=False):
-                if not param.requires_grad:
-                    continue
-                lr = self.hparams.lr * (self.hparams.backbone_lr_multiplier if module_name.startswith("backbone") else 1.0)
-                no_decay = isinstance(module, _NO_DECAY) or name in _NO_DECAY_NAMES
-                groups.setdefault((lr, 0.0 if no_decay else self.hparams.weight_decay), []).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], lr=self.hparams.lr
+        """AdamW with a backbone lr multiplier, no weight decay on norms/biases/embeddings, step decay (Mask2Former)."""
+        hp = self.hparams
+        return configure_adamw(
+            self.model, lr=hp.lr, weight_decay=hp.weight_decay, lr_multipliers={"backbone.": hp.backbone_lr_multiplier},
+            total_steps=max(int(self.trainer.estimated_stepping_batches), 1), warmup_steps=0, decay="multistep",
+            milestones=tuple(hp.lr_decay_at), gamma=hp.lr_decay,
         )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        milestones = sorted({max(int(f * total), 1) for f in self.hparams.lr_decay_at})
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=self.hparams.lr_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,5 +1,9 @@
 """Soft dice loss on sigmoid probabilities, with an ignore index (Milletari et al. 2016, V-Net).
 
+Dense, per image, for binary (interactive) segmentation. Mask2Former's dice on point-sampled
+matched masks is a different function:
+:func:`segblocks.models.mask2former.criterion.point_sampled_dice_loss`.
+
 Per sample, over its valid pixels ``w``: ``1 - (2 Σ p·y·w + s) / (Σ p·w + Σ y·w + s)`` with
 ``p = σ(x)`` and smoothing ``s = 1``. The smoothing makes a sample with an empty target and an
 empty prediction cost ~0, and one with no valid pixel cost exactly 0.

@@ -1,9 +1,11 @@
 """Focal losses for binary (interactive) segmentation.
 
 * :func:`normalized_focal_loss` — the normalized focal loss (NFL) of RITM, the main training loss
-  of FocSAM (paper 001 §3.4) and Inter2Former. The paper only names it; every detail below (α, γ,
+  of FocSAM ("FocSAM: Delving Deeply into Focused Objects in Segmenting Anything", §3.4) and
+  Inter2Former. The paper only names it; every detail below (α, γ,
   eps, the detached normaliser, ignore index 255, 2-channel logits, per-sample averaging) follows
-  the authors' shared ``engine/losses/focal_loss.py``.
+  the authors' shared ``engine/losses/focal_loss.py`` (YouHuang67/focsam, YouHuang67/inter2former,
+  YouHuang67/High-Resolution-Segment-Anything).
 * :func:`sigmoid_focal_loss` — the RetinaNet focal loss (Lin et al. 2017, Eq. 5) with an ignore
   index, averaged per sample over the valid pixels.
 

@@ -1,8 +1,8 @@
-"""FocSAM point loss (PTL, paper 001 §3.4, Eq. 10).
+"""FocSAM point loss (PTL; "FocSAM: Delving Deeply into Focused Objects in Segmenting Anything", §3.4, Eq. 10).
 
 ``PTL(M, {(x_i, y_i, z_i)}) = Σ_i (M(x_i, y_i) - z_i)²``: the predicted probability at every click
 should equal the click's label (1 positive, 0 negative). Eq. 10 writes a sum; the authors' code
-(``clk_loss`` in FocSAM's segmentor) takes the **mean over the valid clicks of the whole batch**,
+(``clk_loss`` in YouHuang67/focsam, ``focsam/segmentors/mixseg_refine.py``) takes the **mean over the valid clicks of the whole batch**,
 which is the default here (``reduction='sum'`` gives Eq. 10). Clicks are read at the resolution of
 the logits, so they must be given in that resolution's coordinates (the code uses the original
 image resolution).

@@ -7,6 +7,12 @@ RLE bytes, their per-mask lengths, and per-image counts and sizes. All states ar
 ``dist_reduce_fx="cat"``; every rank concatenates in the same rank order, so the per-image counts
 still line up with the per-mask entries after a sync and images can be renumbered ``1..N``.
 
+Every state is stored in the metric's floating dtype (float32 unless ``set_dtype`` changes it):
+torchmetrics gives a process that saw no image an empty tensor *of that dtype* for each list
+state, and a gather of tensors whose dtypes differ between processes aborts the process group.
+Bytes, lengths, labels, counts and sizes are integers below 2^24, exact in float32; scores are
+kept at the metric's precision.
+
 Only thing classes are evaluated: ground-truth segments and predictions of stuff classes are
 dropped. COCO's conventions apply unchanged (at most 100 detections per image and class, no crowd
 regions, area ranges in pixels of the evaluated resolution).
@@ -29,6 +35,9 @@ from torchmetrics import Metric
 from segblocks.metrics.panoptic import check_masks_target
 
 __all__ = ["MaskAP"]
+
+# Largest integer below which every integer is exact, per storage dtype.
+_EXACT_INTEGERS = {torch.float32: 2**24, torch.float64: 2**53}
 
 _STATS = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5}  # index in COCOeval.stats
 
@@ -97,20 +106,28 @@ class MaskAP(Metric):
         self.add_state("pred_scores", default=[], dist_reduce_fx="cat")
         self.add_state("image_size", default=[], dist_reduce_fx="cat")  # flat (H, W) pairs
 
+    def _store(self, name: str, value: Tensor) -> None:
+        """Append ``value`` to a list state in the metric dtype (see the module docstring)."""
+        getattr(self, name).append(value.to(device=self.device, dtype=self.dtype))
+
     def _append(self, prefix: str, masks: Tensor, labels: Tensor) -> Tensor:
         """Store the thing-class masks of one image; returns the kept-entry selector."""
         keep = torch.isin(labels.cpu().long(), torch.tensor(self.thing_classes))
         data, lengths = _encode(masks[keep.to(masks.device)])
-        getattr(self, f"{prefix}_rle").append(data.to(self.device))
-        getattr(self, f"{prefix}_rle_len").append(lengths.to(self.device))
-        getattr(self, f"{prefix}_labels").append(labels.cpu().long()[keep].to(self.device))
-        getattr(self, f"{prefix}_count").append(torch.tensor([int(keep.sum())], device=self.device))
+        if lengths.numel() and int(lengths.max()) >= _EXACT_INTEGERS[self.dtype]:
+            raise ValueError(f"an RLE of {int(lengths.max())} bytes is not exact in {self.dtype}; use set_dtype(torch.float64)")
+        self._store(f"{prefix}_rle", data)
+        self._store(f"{prefix}_rle_len", lengths)
+        self._store(f"{prefix}_labels", labels.cpu().long()[keep])
+        self._store(f"{prefix}_count", torch.tensor([int(keep.sum())]))
         return keep
 
     def update(self, preds: Sequence[Mapping[str, Tensor]], targets: Sequence[tuple[Tensor, Tensor]]) -> None:
         """RLE-encode and store the predictions and thing ground truth of a batch of images."""
         if len(preds) != len(targets):
             raise ValueError(f"expected as many predictions as targets, got {len(preds)} and {len(targets)}")
+        if self.dtype not in _EXACT_INTEGERS:
+            raise TypeError(f"MaskAP stores its states in the metric dtype, which must be float32 or float64, not {self.dtype}")
         for pred, (labels, masks) in zip(preds, targets):
             check_masks_target(labels, masks)
             if not {"masks", "scores", "labels"} <= pred.keys():
@@ -126,15 +143,15 @@ class MaskAP(Metric):
                 )
             self._append("gt", masks, labels)
             keep = self._append("pred", p_masks, p_labels)
-            self.pred_scores.append(p_scores.detach().cpu().double()[keep].to(self.device))
-            self.image_size.append(torch.tensor(masks.shape[1:], device=self.device))
+            self._store("pred_scores", p_scores.detach().cpu()[keep])
+            self._store("image_size", torch.tensor(masks.shape[1:]))
 
     def _flat(self, name: str) -> Tensor:
         """A list state as one tensor (a DDP sync has already concatenated it, maybe with a promoted dtype)."""
         value = getattr(self, name)
         if isinstance(value, Tensor):
             return value
-        return torch.cat(value) if value else torch.zeros(0, device=self.device)
+        return torch.cat(value) if value else torch.zeros(0, dtype=self.dtype, device=self.device)
 
     def _annotations(self, prefix: str, sizes: list[list[int]]) -> list[dict[str, Any]]:
         """COCO-style annotation dicts (image ids ``1..N``) for the stored ``pred`` or ``gt`` masks."""

@@ -26,10 +26,16 @@ left, then at the bottom/right up to a multiple of ``k``, and cut into ``k x k``
 enumerated in raster order (Eq. 6; batch, then scale, then window). The paper pads ``k/2`` on
 every side and assumes ``h, w`` multiples of ``k`` (Eq. 7–8, Listings 1–2); padding only up to
 the next multiple handles any ``h, w`` and is what the authors' code does (never an all-virtual
-window, so no query segment is empty). A grid that fits in one window (``h <= k`` and
-``w <= k``) is never shifted, as in the authors' Inter2Former backbone (their HRSAM repository
-shifts every scale): shifting would only split it. Queries never include virtual tokens (paper
-§3.4; the HRSAM repository also runs queries on pad slots and discards their outputs).
+window, so no query segment is empty). Queries never include virtual tokens (paper §3.4; the
+HRSAM repository also runs queries on pad slots and discards their outputs).
+
+Grids that fit in one window (``h <= k`` and ``w <= k``): ``shift_single_window`` chooses.
+
+* ``True`` (default): every scale is shifted, as HRSAM's Listing 1/3 and its code
+  (YouHuang67/High-Resolution-Segment-Anything, ``models/backbones/hrsam.py``) pad ``(k - s) % k``
+  on every scale; a shifted small grid is split into up to four windows.
+* ``False``: such a grid is never shifted and stays one window, as Inter2Former's backbone does
+  (YouHuang67/inter2former, ``inter2former/backbones/hrsam_no_ssm.py``, ``make_indices``).
 
 Relation to Swin's shifted windows: Swin rolls the map by ``-s`` and masks the attention between
 the pieces of the wrapped-around boundary windows with an ``O(N^2)`` bias. For ``h, w``
@@ -52,6 +58,7 @@ from typing import Sequence
 
 import torch
 
+from segblocks.ops._checks import check_int, check_int_pairs
 from segblocks.ops.varlen_attention import SeqLens
 
 __all__ = [
@@ -98,15 +105,15 @@ class FLAMapping:
         return len(self.q_seqlens)
 
 
-def _grid_windows(h: int, w: int, k: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _grid_windows(h: int, w: int, k: int, s: int, shift_single_window: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows of one ``h x w`` grid: token ids (``-1`` = virtual) and padded coordinates.
 
     Returns:
         ids: ``(num_windows, k * k)`` long, row-major token id ``y * w + x`` or ``-1``.
         coords: ``(num_windows, k * k, 2)`` long padded-grid ``(y, x)``.
     """
-    if h <= k and w <= k:
-        s = 0  # authors' code: a grid inside one window is never shifted
+    if not shift_single_window and h <= k and w <= k:
+        s = 0  # Inter2Former's rule: a grid inside one window is never shifted
     pad = (k - s) % k
     ph, pw = -(-(pad + h) // k) * k, -(-(pad + w) // k) * k  # padded size, multiple of k
     ys = torch.arange(ph).view(ph, 1).expand(ph, pw)  # PH x PW
@@ -123,17 +130,21 @@ def _grid_windows(h: int, w: int, k: int, s: int) -> tuple[torch.Tensor, torch.T
 
 
 @functools.lru_cache(maxsize=32)
-def _build_cpu(shapes: tuple[tuple[int, int], ...], k: int, s: int, batch: int, kv_padding: bool) -> FLAMapping:
+def _build_cpu(
+    shapes: tuple[tuple[int, int], ...], k: int, s: int, batch: int, kv_padding: bool, shift_single_window: bool
+) -> FLAMapping:
     with torch.inference_mode(False):  # cached: must not be inference tensors (module docstring)
-        return _windows_mapping(shapes, k, s, batch, kv_padding)
+        return _windows_mapping(shapes, k, s, batch, kv_padding, shift_single_window)
 
 
-def _windows_mapping(shapes: tuple[tuple[int, int], ...], k: int, s: int, batch: int, kv_padding: bool) -> FLAMapping:
+def _windows_mapping(
+    shapes: tuple[tuple[int, int], ...], k: int, s: int, batch: int, kv_padding: bool, shift_single_window: bool
+) -> FLAMapping:
     sizes = [h * w for h, w in shapes]
     per_sample = sum(sizes)
     num_tokens = batch * per_sample
     offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-    grids = [_grid_windows(h, w, k, s) for h, w in shapes]
+    grids = [_grid_windows(h, w, k, s, shift_single_window) for h, w in shapes]
     # Sample-major order (b, then scale, then window), matching the global token index.
     ids = torch.cat([
         torch.where(g_ids >= 0, g_ids + b * per_sample + offset, -1)
@@ -165,9 +176,15 @@ def _windows_mapping(shapes: tuple[tuple[int, int], ...], k: int, s: int, batch:
 
 @functools.lru_cache(maxsize=32)
 def _build(
-    shapes: tuple[tuple[int, int], ...], k: int, s: int, batch: int, kv_padding: bool, device: torch.device
+    shapes: tuple[tuple[int, int], ...],
+    k: int,
+    s: int,
+    batch: int,
+    kv_padding: bool,
+    shift_single_window: bool,
+    device: torch.device,
 ) -> FLAMapping:
-    m = _build_cpu(shapes, k, s, batch, kv_padding)
+    m = _build_cpu(shapes, k, s, batch, kv_padding, shift_single_window)
     if device.type == "cpu":
         return m
 
@@ -188,23 +205,26 @@ def _build(
         )
 
 
-def _mapping(shapes, k, s, batch, kv_padding, device) -> FLAMapping:
-    try:
-        shapes = tuple((int(h), int(w)) for h, w in shapes)
-    except (TypeError, ValueError):
-        raise ValueError(f"shapes must be a sequence of (h, w) pairs, got {shapes!r}") from None
-    if not shapes or any(h < 1 or w < 1 for h, w in shapes):
-        raise ValueError(f"shapes must be a non-empty sequence of (h, w) with h, w >= 1, got {shapes}")
+def _mapping(shapes, k, s, batch, kv_padding, shift_single_window, device) -> FLAMapping:
+    shapes = check_int_pairs(shapes, "shapes", minimum=1)
+    k = check_int(k, "window size k")
     if k < 1:
         raise ValueError(f"window size k must be >= 1, got {k}")
+    s = check_int(s, "shift s")
     if not 0 <= s < k:
         raise ValueError(f"shift s must be in [0, k) = [0, {k}), got {s}")
+    batch = check_int(batch, "batch")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    return _build(shapes, int(k), int(s), int(batch), kv_padding, torch.device(device if device is not None else "cpu"))
+    if not isinstance(shift_single_window, bool):
+        raise TypeError(f"shift_single_window must be a bool, got {shift_single_window!r}")
+    device = torch.device(device if device is not None else "cpu")
+    return _build(shapes, k, s, batch, kv_padding, shift_single_window, device)
 
 
-def shift_window_mapping(h: int, w: int, k: int, s: int = 0, *, batch: int = 1, device=None) -> FLAMapping:
+def shift_window_mapping(
+    h: int, w: int, k: int, s: int = 0, *, batch: int = 1, shift_single_window: bool = True, device=None
+) -> FLAMapping:
     """(Shifted) window mapping of one ``h x w`` grid (HRSAM §3.3, Eq. 5–8, 14–15, Listing 1).
 
     Args:
@@ -212,41 +232,60 @@ def shift_window_mapping(h: int, w: int, k: int, s: int = 0, *, batch: int = 1, 
         k: window size.
         s: shift, ``0`` (plain windows) or typically ``k // 2``; top/left padding ``(k - s) % k``.
         batch: samples stacked along the token axis (``B * h * w`` tokens).
+        shift_single_window: also shift a grid that fits in one window (``h, w <= k``): True as
+            HRSAM's Listing 1; False keeps it one window, as Inter2Former's code (module docstring).
         device: device of the index tensors (cached per device).
 
     Returns:
         :class:`FLAMapping` without KV fields; ``seqlens`` pairs each window with itself.
     """
-    return _mapping(((h, w),), k, s, batch, False, device)
+    return _mapping(((h, w),), k, s, batch, False, shift_single_window, device)
 
 
-def kv_padding_mapping(h: int, w: int, k: int, s: int = 0, *, batch: int = 1, device=None) -> FLAMapping:
+def kv_padding_mapping(
+    h: int, w: int, k: int, s: int = 0, *, batch: int = 1, shift_single_window: bool = True, device=None
+) -> FLAMapping:
     """Shifted windows with KV-only padding (HRSAM §3.4, Eq. 16–18, Listing 2).
 
     Queries as in :func:`shift_window_mapping`; every window's keys are its ``k * k`` padded
     positions, virtual ones pointing at the pad token appended after the ``B * h * w`` tokens.
+    Arguments as in :func:`shift_window_mapping`.
     """
-    return _mapping(((h, w),), k, s, batch, True, device)
+    return _mapping(((h, w),), k, s, batch, True, shift_single_window, device)
 
 
-def multi_scale_mapping(shapes: Sequence[tuple[int, int]], k: int, s: int = 0, *, batch: int = 1, device=None) -> FLAMapping:
+def multi_scale_mapping(
+    shapes: Sequence[tuple[int, int]],
+    k: int,
+    s: int = 0,
+    *,
+    batch: int = 1,
+    shift_single_window: bool = True,
+    device=None,
+) -> FLAMapping:
     """Window mapping of several grids concatenated per sample (HRSAM §3.6, Eq. 19, Listing 3).
 
     Args:
         shapes: ``[(h_1, w_1), (h_2, w_2), ...]``; sample ``b`` holds the tokens of all scales,
             scale after scale, each flattened row-major (HRSAM++: full resolution, anchor map).
-        k, s, batch, device: as in :func:`shift_window_mapping`; each scale is padded and
-            windowed on its own.
+        k, s, batch, shift_single_window, device: as in :func:`shift_window_mapping`; each
+            scale is padded and windowed on its own.
     """
-    return _mapping(shapes, k, s, batch, False, device)
+    return _mapping(shapes, k, s, batch, False, shift_single_window, device)
 
 
 def multi_scale_kv_padding_mapping(
-    shapes: Sequence[tuple[int, int]], k: int, s: int = 0, *, batch: int = 1, device=None
+    shapes: Sequence[tuple[int, int]],
+    k: int,
+    s: int = 0,
+    *,
+    batch: int = 1,
+    shift_single_window: bool = True,
+    device=None,
 ) -> FLAMapping:
     """Multi-scale KV-only padding with one shared pad token (HRSAM App. C.2, Listing 4).
 
     As :func:`multi_scale_mapping` plus KV indices; the pad token is shared by all scales and
     samples and sits at index ``num_tokens``.
     """
-    return _mapping(shapes, k, s, batch, True, device)
+    return _mapping(shapes, k, s, batch, True, shift_single_window, device)

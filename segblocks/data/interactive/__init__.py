@@ -5,18 +5,28 @@ benchmark folders (:class:`BenchmarkDataset`, :class:`ImageMaskFolderDataset`,
 :class:`SBDInstanceDataset`), COCO/LVIS instances for training (:class:`COCOInstanceDataset`)
 and the embedded synthetic default (:class:`SyntheticInstanceDataset`).
 """
-from .benchmarks import BENCHMARK_LAYOUTS, IMAGE_SUFFIXES, BenchmarkDataset, BenchmarkLayout, ImageMaskFolderDataset, SBDInstanceDataset
+from .benchmarks import (
+    BENCHMARK_LAYOUTS,
+    IMAGE_SUFFIXES,
+    ON_EMPTY,
+    BenchmarkDataset,
+    BenchmarkLayout,
+    ImageMaskFolderDataset,
+    SBDInstanceDataset,
+)
 from .coco_instances import COCOInstanceDataset, decode_segmentation
 from .collate import SampleTransform, collate_interactive, make_sample
-from .masks import MaskEncoding, MaskValue, check_mask_size, read_mask_array
+from .masks import EmptyMaskError, MaskEncoding, MaskValue, check_mask_size, mask_values, read_mask_array
 from .synthetic_instances import OBJECT_KINDS, SYNTHETIC_INSTANCES_VERSION, SyntheticInstanceDataset, make_synthetic_instances
-from .transforms import InteractiveEvalTransform, InteractiveTrainTransform, crop_and_resize_back, resize_longest_side_and_pad
+from ...ops.geometry import crop_and_resize_back, resize_longest_side_and_pad  # defined in segblocks.ops.geometry
+from .transforms import InteractiveEvalTransform, InteractiveTrainTransform
 
 __all__ = [
     "BENCHMARK_LAYOUTS",
     "BenchmarkDataset",
     "BenchmarkLayout",
     "COCOInstanceDataset",
+    "EmptyMaskError",
     "IMAGE_SUFFIXES",
     "ImageMaskFolderDataset",
     "InteractiveEvalTransform",
@@ -24,6 +34,7 @@ __all__ = [
     "MaskEncoding",
     "MaskValue",
     "OBJECT_KINDS",
+    "ON_EMPTY",
     "SBDInstanceDataset",
     "SYNTHETIC_INSTANCES_VERSION",
     "SampleTransform",
@@ -34,6 +45,7 @@ __all__ = [
     "decode_segmentation",
     "make_sample",
     "make_synthetic_instances",
+    "mask_values",
     "read_mask_array",
     "resize_longest_side_and_pad",
 ]

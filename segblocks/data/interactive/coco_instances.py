@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..coco_panoptic import load_json, read_rgb_image
+from ..checks import require_file
+from ..io import load_json, read_rgb_image
 from .collate import SampleTransform, make_sample
 
 __all__ = ["COCOInstanceDataset", "decode_segmentation"]
@@ -90,18 +91,49 @@ class COCOInstanceDataset(Dataset):
                     self.records.append({k: ann[k] for k in keys})
         except (KeyError, TypeError) as e:
             raise ValueError(f"{self.annotation_file} is not a COCO/LVIS instances JSON: {e!r}") from e
+        if not self.records:
+            raise ValueError(
+                f"{self.annotation_file} has no non-crowd object with area >= {min_area} "
+                f"({len(anns)} annotations in all): an empty dataset"
+            )
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _read_image(self, image_id: int) -> np.ndarray:
+        img = self.images[image_id]
+        image_path = self.image_dir / img["file_name"]
+        image = read_rgb_image(image_path)
+        if image.shape[:2] != (img["height"], img["width"]):
+            raise ValueError(
+                f"image {image_path} is {image.shape[:2]} (H, W) but {self.annotation_file} says {(img['height'], img['width'])}"
+            )
+        return image
+
+    def check_sample(self, index: int, *, decode: bool = True) -> None:
+        """Raise naming the file if object ``index``'s image is missing, corrupt or of the wrong size, or its mask is empty.
+
+        Each image is read once however many objects it holds; ``decode=False`` only checks
+        that the image file exists and is not empty.
+        """
+        rec = self.records[index]
+        checked = self.__dict__.setdefault("_checked_images", set())
+        if rec["image_id"] not in checked:
+            if decode:
+                self._read_image(rec["image_id"])
+            else:
+                require_file(self.image_dir / self.images[rec["image_id"]]["file_name"], "image")
+            checked.add(rec["image_id"])
+        if decode:
+            img = self.images[rec["image_id"]]
+            if not decode_segmentation(rec["segmentation"], img["height"], img["width"]).any():
+                raise ValueError(f"{self.annotation_file}: annotation {rec['id']} (image {rec['image_id']}) decodes to an empty mask")
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         img = self.images[rec["image_id"]]
-        image_path = self.image_dir / img["file_name"]
-        image = read_rgb_image(image_path)
+        image = self._read_image(rec["image_id"])
         h, w = img["height"], img["width"]
-        if image.shape[:2] != (h, w):
-            raise ValueError(f"image {image_path} is {image.shape[:2]} (H, W) but {self.annotation_file} says {(h, w)}")
         mask = decode_segmentation(rec["segmentation"], h, w)
         ignore = None
         if self.crowd_as_ignore and rec["image_id"] in self.crowds:

@@ -72,10 +72,16 @@ def collate_interactive(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         dict with ``image`` (B, 3, H, W) float32 0..255, ``mask`` and ``ignore`` (B, H, W)
         bool (padding: False), ``valid_size`` (B, 2) int64 (the sample's ``valid_size``, else
         its image size), ``original_size`` (B, 2) int64, ``sample_id`` list, and, when every
-        sample has them, ``original_mask`` / ``original_ignore`` lists of (H0_i, W0_i) bool.
+        sample has them, ``original_mask`` / ``original_ignore`` lists of (H0_i, W0_i) bool
+        and ``index`` (B,) int64 (see :class:`~segblocks.data.IndexedDataset`). An empty list gives an empty batch (B = 0, ``image`` (0, 3, 0, 0)).
     """
-    if not samples:
-        raise ValueError("collate_interactive needs at least one sample, received an empty batch")
+    if not samples:  # e.g. the padding batch of a rank without evaluation samples
+        empty = torch.zeros(0, 0, 0, dtype=torch.bool)
+        return {
+            "image": torch.zeros(0, 3, 0, 0), "mask": empty, "ignore": empty.clone(),
+            "valid_size": torch.zeros(0, 2, dtype=torch.long), "original_size": torch.zeros(0, 2, dtype=torch.long),
+            "sample_id": [], "original_mask": [], "original_ignore": [], "index": torch.zeros(0, dtype=torch.long),
+        }
     for i, s in enumerate(samples):
         image = s["image"]
         if image.ndim != 3 or image.shape[0] != 3:
@@ -108,4 +114,6 @@ def collate_interactive(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for key in ("original_mask", "original_ignore"):
         if all(key in s for s in samples):
             batch[key] = [s[key] for s in samples]
+    if all("index" in s for s in samples):
+        batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)  # B
     return batch

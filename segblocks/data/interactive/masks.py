@@ -1,4 +1,4 @@
-"""Binary object masks as they are stored in the wild, decoded to an object map and an ignore map.
+"""Binary object masks as they are stored in the wild, decoded strictly to an object map and an ignore map.
 
 Benchmark masks come in many encodings: grayscale BMP with 0 / 128 / 255 (GrabCut's 128 band is
 "unknown" and excluded from IoU), palette PNG whose *index* is the label (FocusCut's ``#001``
@@ -6,6 +6,16 @@ files, object = 1), 0/1 or 0/255 grayscale PNG, and RGB PNG where any non-black 
 chosen colour, is the object. :func:`read_mask_array` returns the stored values unchanged (a
 palette index is kept, never converted to its colour) and :class:`MaskEncoding` says which of
 them mean object and ignore.
+
+Decoding is strict, because a mis-encoded mask otherwise scores silently (IoU 0, NoC 20):
+
+* with an exact ``object_value``, a stored value that is neither 0, the object nor the ignore
+  value raises a ``ValueError`` naming the file and the values found (``strict=False`` maps
+  them to background instead);
+* a mask with no object pixel (all background, all ignore, or a 0/1 mask read with a 255 or
+  ``> 128`` rule) raises :class:`EmptyMaskError`, naming the file and the values found. The
+  datasets can skip such files instead and record them (``on_empty="skip"``, see
+  :class:`~segblocks.data.interactive.ImageMaskFolderDataset`).
 """
 from __future__ import annotations
 
@@ -16,9 +26,9 @@ from typing import Union
 
 import numpy as np
 
-from ..coco_panoptic import _open_image
+from ..io import open_image
 
-__all__ = ["MaskEncoding", "MaskValue", "check_mask_size", "read_mask_array"]
+__all__ = ["EmptyMaskError", "MaskEncoding", "MaskValue", "check_mask_size", "mask_values", "read_mask_array"]
 
 #: A grayscale / palette value, or an RGB colour ``(r, g, b)``.
 MaskValue = Union[int, tuple[int, int, int]]
@@ -43,7 +53,7 @@ def read_mask_array(path: str | os.PathLike) -> np.ndarray:
         ValueError: unreadable file or unsupported mode (e.g. float or CMYK), naming the file.
     """
     path = Path(path)
-    img = _open_image(path, "mask")
+    img = open_image(path, "mask")
     if img.mode == "LA":
         img = img.getchannel("L")
     if img.mode in _SINGLE_CHANNEL_MODES:
@@ -62,29 +72,62 @@ def check_mask_size(mask: np.ndarray, mask_path: str | os.PathLike, image: np.nd
         raise ValueError(f"mask {mask_path} is {mask.shape[:2]} (H, W) but image {image_path} is {image.shape[:2]}")
 
 
+class EmptyMaskError(ValueError):
+    """A mask file decodes to no object pixel (all background or all ignore)."""
+
+
+def mask_values(raw: np.ndarray, limit: int = 10) -> str:
+    """The distinct stored values (or RGB colours) of ``raw``, at most ``limit`` of them, for error messages."""
+    values = np.unique(raw.reshape(-1, 3), axis=0) if raw.ndim == 3 else np.unique(raw)
+    shown = [tuple(int(c) for c in v) if raw.ndim == 3 else int(v) for v in values[:limit]]
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return f"{shown}{more}"
+
+
 @dataclass(frozen=True)
 class MaskEncoding:
     """Which stored mask values are the object and which are ignored.
 
-    ``None`` for ``object_value`` means "every non-zero (non-black) value that is not ignored".
+    Three rules for the object, tried in this order after the ignore value:
+
+    * ``object_threshold=t``: stored values ``> t`` (the GrabCut / Berkeley rule of RITM,
+      SamsungLabs/ritm_interactive_segmentation, isegm/data/datasets/grabcut.py: ``> 128``
+      object, ``== 128`` ignore; for an RGB mask the blue channel, which is what its
+      ``cv2.imread(path)[:, :, 0]`` reads);
+    * ``object_value=v``: exactly ``v``;
+    * neither: every non-zero (non-black) value.
+
     An int value matches a gray RGB colour ``(v, v, v)``; a colour matches a single-channel mask
-    only when it is gray. Examples: GrabCut ``MaskEncoding(object_value=255, ignore_value=128)``;
-    DAVIS / COCO-MVal ``MaskEncoding()``; FocusCut palette masks
+    only when it is gray. Examples: GrabCut ``MaskEncoding(object_threshold=128,
+    ignore_value=128)``; DAVIS / COCO-MVal ``MaskEncoding()``; FocusCut palette masks
     ``MaskEncoding(object_value=1, ignore_value=255)``.
 
     Attributes:
-        object_value: the object's value or colour; None = any non-zero.
+        object_value: the object's value or colour; None = any non-zero (or the threshold).
         ignore_value: value or colour of pixels excluded from errors and IoU; None = none.
+        object_threshold: object where the stored value is greater; None = not used.
+        strict: with ``object_value``, values other than 0, the object and the ignore value are
+            an error (False: background).
+        allow_empty: accept masks without any object pixel (False: :class:`EmptyMaskError`).
     """
 
     object_value: MaskValue | None = None
     ignore_value: MaskValue | None = None
+    object_threshold: int | None = None
+    strict: bool = True
+    allow_empty: bool = False
 
     def __post_init__(self) -> None:
         for name in ("object_value", "ignore_value"):
             _check_value(name, getattr(self, name))
         if self.object_value is not None and self.object_value == self.ignore_value:
             raise ValueError(f"object_value and ignore_value must differ, both are {self.object_value}")
+        if self.object_threshold is not None:
+            t = self.object_threshold
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < 255:
+                raise TypeError(f"object_threshold must be None or an int in [0, 255), received {t!r}")
+            if self.object_value is not None:
+                raise ValueError("give object_value or object_threshold, not both")
 
     def decode(self, raw: np.ndarray, *, source: str | os.PathLike = "<array>") -> tuple[np.ndarray, np.ndarray]:
         """Split stored values into object and ignore maps.
@@ -95,14 +138,44 @@ class MaskEncoding:
 
         Returns:
             ``mask`` and ``ignore``, both ``(H, W)`` bool and disjoint.
+
+        Raises:
+            ValueError: bad shape, or (``strict``) values that the encoding does not know.
+            EmptyMaskError: no object pixel, unless ``allow_empty``.
         """
         if not (raw.ndim == 2 or (raw.ndim == 3 and raw.shape[2] == 3)):
             raise ValueError(f"mask {source} must be (H, W) or (H, W, 3), received shape {raw.shape}")
+        stored = raw
+        if self.object_threshold is not None and raw.ndim == 3:
+            raw = raw[..., 2].astype(np.int64)  # H x W: the blue channel, as cv2's BGR [..., 0] in RITM
         ignore = np.zeros(raw.shape[:2], dtype=bool) if self.ignore_value is None else _equals(raw, self.ignore_value, source)
-        if self.object_value is None:
+        if self.object_threshold is not None:
+            mask = (raw > self.object_threshold) & ~ignore
+        elif self.object_value is None:
             nonzero = raw != 0 if raw.ndim == 2 else (raw != 0).any(axis=2)
-            return nonzero & ~ignore, ignore
-        return _equals(raw, self.object_value, source), ignore
+            mask = nonzero & ~ignore
+        else:
+            mask = _equals(raw, self.object_value, source)
+            if self.strict:
+                background = raw == 0 if raw.ndim == 2 else (raw == 0).all(axis=2)
+                unknown = ~(mask | ignore | background)
+                if unknown.any():
+                    raise ValueError(
+                        f"mask {source}: {int(unknown.sum())} pixels hold values that are neither background (0), object "
+                        f"({self.object_value}) nor ignore ({self.ignore_value}); values found: {mask_values(raw)}. "
+                        "Check the mask's encoding (e.g. a 0/1 mask read as 0/255)"
+                    )
+        if not self.allow_empty and not mask.any():
+            raise EmptyMaskError(
+                f"mask {source} has no object pixel ({'all ignore' if ignore.all() else 'all background or ignore'}); "
+                f"values found: {mask_values(stored)}, expected the object as {self._object_rule()}"
+            )
+        return mask, ignore
+
+    def _object_rule(self) -> str:
+        if self.object_threshold is not None:
+            return f"values > {self.object_threshold}"
+        return "any non-zero value" if self.object_value is None else f"{self.object_value}"
 
 
 def _check_value(name: str, value: object) -> None:

@@ -41,7 +41,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .._atomic import build_directory_atomically
-from ..coco_panoptic import load_json, read_rgb_image
+from ..io import load_json, read_rgb_image
 from ..synthetic_panoptic import default_cache_dir
 from .collate import SampleTransform, make_sample
 from .masks import check_mask_size, read_mask_array

@@ -3,9 +3,13 @@
 * :class:`InteractiveTrainTransform`: flip, random scale, crop around the object, colour jitter
   (albumentations, imported when the transform is built).
 * :class:`InteractiveEvalTransform`: SAM-style resize of the longest side to ``T`` and zero
-  padding at the bottom/right to ``T x T``, as HRSAM and FocSAM do (notes §0.2,
-  ``engine/utils/resize.py``); :func:`crop_and_resize_back` maps predictions back to the
-  original resolution, where the protocol scores them (notes §0.5).
+  padding at the bottom/right to ``T x T``, as HRSAM and FocSAM do at test time
+  (YouHuang67/High-Resolution-Segment-Anything, ``engine/utils/resize.py``);
+  :func:`segblocks.ops.geometry.crop_and_resize_back` maps predictions back to the original
+  resolution, where the protocol scores them (the authors' click test loop,
+  ``models/runners/click_test_loops.py``).
+
+The geometry itself lives in :mod:`segblocks.ops.geometry`.
 
 Both take and return the sample dict of :mod:`segblocks.data.interactive.collate` and add
 ``valid_size``, the (h, w) of real content at the top-left of the output. Masks are resized
@@ -20,12 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ...interactive.encodings import longest_side_shape
-from ..transforms import _albumentations
+from ...ops.geometry import resize_longest_side_and_pad
+from ..transforms import import_albumentations
 
-__all__ = ["InteractiveEvalTransform", "InteractiveTrainTransform", "crop_and_resize_back", "resize_longest_side_and_pad"]
+__all__ = ["InteractiveEvalTransform", "InteractiveTrainTransform"]
 
 # The object, ignore and valid maps travel through albumentations as bits of one uint8 map,
 # so a single nearest-neighbour warp keeps them aligned.
@@ -66,7 +69,7 @@ class InteractiveTrainTransform:
         if not 0.0 <= color_jitter < 1.0:
             raise ValueError(f"color_jitter must lie in [0, 1), received {color_jitter}")
         self.crop_size, self.scale_range, self.hflip_prob, self.color_jitter = int(crop_size), (lo, hi), float(hflip_prob), float(color_jitter)
-        A, cv2 = _albumentations()
+        A, cv2 = import_albumentations()
         c = self.crop_size
         steps = [
             A.HorizontalFlip(p=self.hflip_prob),
@@ -107,7 +110,7 @@ class InteractiveEvalTransform:
 
     The output image is float32 (bilinear, ``align_corners=False``, no antialiasing, like the
     authors' ``torchvision`` resize of tensors) so no rounding is added; see
-    :func:`resize_longest_side_and_pad`.
+    :func:`segblocks.ops.geometry.resize_longest_side_and_pad`.
 
     Args:
         target_size: side ``T`` of the square output (1024 for SAM-style models).
@@ -133,55 +136,6 @@ class InteractiveEvalTransform:
         if self.keep_original:
             out["original_mask"], out["original_ignore"] = mask, ignore
         return out
-
-
-def resize_longest_side_and_pad(x: torch.Tensor, target_size: int, *, mode: str = "bilinear") -> tuple[torch.Tensor, tuple[int, int]]:
-    """Resize ``x`` so its longer side is ``target_size``, then zero-pad bottom/right to a square.
-
-    The size is ``(int(h * s + 0.5), int(w * s + 0.5))`` with ``s = target_size / max(h, w)``
-    (notes §0.2).
-
-    Args:
-        x: ``(..., H, W)`` float tensor.
-        target_size: ``T``.
-        mode: ``F.interpolate`` mode; ``"bilinear"`` uses ``align_corners=False``, no antialias.
-
-    Returns:
-        ``(..., T, T)`` tensor and the resized size ``(h', w')`` before padding.
-    """
-    if not x.dtype.is_floating_point or x.ndim < 2:
-        raise TypeError(f"x must be a float tensor (..., H, W), received {x.dtype} {tuple(x.shape)}")
-    h, w = longest_side_shape(x.shape[-2], x.shape[-1], target_size)
-    flat = x.reshape(-1, 1, *x.shape[-2:])  # N x 1 x H x W
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    resized = F.interpolate(flat, size=(h, w), mode=mode, **kwargs)  # N x 1 x h' x w'
-    padded = F.pad(resized, (0, target_size - w, 0, target_size - h))  # N x 1 x T x T
-    return padded.reshape(*x.shape[:-2], target_size, target_size), (h, w)
-
-
-def crop_and_resize_back(logits: torch.Tensor, resized_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`resize_longest_side_and_pad`: crop the valid part, resize bilinearly back.
-
-    Args:
-        logits: ``(..., T, T)`` float predictions on the padded input.
-        resized_size: ``(h', w')``, the ``valid_size`` of the sample.
-        original_size: ``(H0, W0)``.
-
-    Returns:
-        ``(..., H0, W0)`` tensor (bilinear, ``align_corners=False``).
-    """
-    if not logits.dtype.is_floating_point or logits.ndim < 2:
-        raise TypeError(f"logits must be a float tensor (..., H, W), received {logits.dtype} {tuple(logits.shape)}")
-    h, w = (int(v) for v in resized_size)
-    H0, W0 = (int(v) for v in original_size)
-    if not (0 < h <= logits.shape[-2] and 0 < w <= logits.shape[-1]) or min(H0, W0) < 1:
-        raise ValueError(
-            f"resized_size must fit in the logits' {tuple(logits.shape[-2:])} and original_size be positive, "
-            f"received {resized_size} and {original_size}"
-        )
-    flat = logits[..., :h, :w].reshape(-1, 1, h, w)  # N x 1 x h' x w'
-    out = F.interpolate(flat, size=(H0, W0), mode="bilinear", align_corners=False)  # N x 1 x H0 x W0
-    return out.reshape(*logits.shape[:-2], H0, W0)
 
 
 def _unpack(sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

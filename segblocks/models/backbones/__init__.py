@@ -1,10 +1,13 @@
-"""Image backbones producing Mask2Former's res2..res5 feature maps (strides 4, 8, 16, 32)."""
+"""Image backbones producing Mask2Former's res2..res5 feature maps (strides 4, 8, 16, 32).
+
+Registered models: ``resnet50``, ``swin_tiny``, ``swin_small``, ``tiny_backbone``
+(:func:`segblocks.models.create_model`).
+"""
 from .base import FEATURE_STRIDES, Backbone
-from .checkpoint import load_checkpoint, read_state_dict
-from .resnet import FrozenBatchNorm2d, ResNet, ResNet50
+from .resnet import FrozenBatchNorm2d, ResNet, ResNet50, resnet50
 from .swin import SwinTransformer, swin_small, swin_tiny
 from .timm_backbone import TimmBackbone
-from .tiny import TinyBackbone
+from .tiny import TinyBackbone, tiny_backbone
 
 __all__ = [
     "FEATURE_STRIDES",
@@ -15,8 +18,8 @@ __all__ = [
     "SwinTransformer",
     "TimmBackbone",
     "TinyBackbone",
-    "load_checkpoint",
-    "read_state_dict",
+    "resnet50",
     "swin_small",
     "swin_tiny",
+    "tiny_backbone",
 ]

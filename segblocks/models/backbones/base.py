@@ -11,7 +11,7 @@ import os
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from segblocks.models.checkpoint import CheckpointReport, load_checkpoint
 
 __all__ = ["FEATURE_STRIDES", "Backbone"]
 
@@ -22,8 +22,9 @@ class Backbone(nn.Module):
     """Base class: images (B, 3, H, W) → ``{"res2": (B, C2, H/4, W/4), ..., "res5": (B, C5, H/32, W/32)}``.
 
     Subclasses set ``out_channels`` (``{"res2": C2, ...}``) and ``out_strides`` in ``__init__``,
-    implement :meth:`forward_features`, and finish ``__init__`` with
-    ``self.load_checkpoint(checkpoint, ...)`` when a checkpoint is given.
+    implement :meth:`forward_features`. Weights load with the library's one convention: the
+    registered entry functions (``create_model("resnet50", checkpoint=...)``) or
+    :meth:`load_checkpoint`.
     """
 
     out_channels: dict[str, int]
@@ -47,8 +48,6 @@ class Backbone(nn.Module):
         """Backbone-specific body of :meth:`forward` (inputs already validated)."""
         raise NotImplementedError
 
-    def load_checkpoint(
-        self, path: str | os.PathLike, *, prefix: str = "", strict: bool = False
-    ) -> tuple[list[str], list[str]]:
-        """Load a local state-dict file; see :func:`segblocks.models.backbones.checkpoint.load_checkpoint`."""
+    def load_checkpoint(self, path: str | os.PathLike, *, prefix: str = "", strict: bool = True) -> CheckpointReport:
+        """Load a local state-dict file; see :func:`segblocks.models.checkpoint.load_checkpoint`."""
         return load_checkpoint(self, path, prefix=prefix, strict=strict)

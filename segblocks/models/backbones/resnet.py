@@ -14,9 +14,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from segblocks.models._registry import register_model
+
 from .base import FEATURE_STRIDES, Backbone
 
-__all__ = ["NormName", "FrozenBatchNorm2d", "make_norm", "Bottleneck", "ResNet", "ResNet50"]
+__all__ = ["NormName", "FrozenBatchNorm2d", "make_norm", "Bottleneck", "ResNet", "ResNet50", "resnet50"]
 
 NormName = Literal["BN", "FrozenBN", "GN"]
 _STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -134,13 +136,13 @@ class ResNet(Backbone):
         freeze_at: 0 trains everything; k ≥ 1 freezes the stem and the first k−1 stages
             (1 = stem, 2 = stem + res2, ..., 5 = everything), as detectron2's ``FREEZE_AT``. Frozen
             parts get ``requires_grad=False`` and their BatchNorms become FrozenBatchNorm2d.
-        checkpoint: local state-dict file loaded after construction (see ``checkpoint.py``).
-        checkpoint_prefix: prefix stripped from the checkpoint keys.
-        checkpoint_strict: raise instead of warning on missing/unexpected keys.
 
     Forward: images (B, 3, H, W) → ``{"res2": (B, 256, H/4, W/4), ..., "res5": (B, 2048, H/32, W/32)}``
     (ceil division: every convolution pads so that a stride-2 step maps n to ceil(n / 2)).
     """
+
+    #: torchvision's ImageNet classifier is not part of the backbone (see segblocks.models.checkpoint).
+    checkpoint_ignore_keys = ("fc.*",)
 
     def __init__(
         self,
@@ -148,9 +150,6 @@ class ResNet(Backbone):
         depth: int = 50,
         norm: NormName = "FrozenBN",
         freeze_at: int = 0,
-        checkpoint: str | None = None,
-        checkpoint_prefix: str = "",
-        checkpoint_strict: bool = False,
     ) -> None:
         super().__init__()
         if depth not in _STAGE_BLOCKS:
@@ -175,8 +174,6 @@ class ResNet(Backbone):
         self.out_strides = dict(FEATURE_STRIDES)
         self._init_weights()
         self._freeze(freeze_at)
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint, prefix=checkpoint_prefix, strict=checkpoint_strict)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -209,15 +206,11 @@ class ResNet50(ResNet):
         *,
         norm: NormName = "FrozenBN",
         freeze_at: int = 0,
-        checkpoint: str | None = None,
-        checkpoint_prefix: str = "",
-        checkpoint_strict: bool = False,
     ) -> None:
-        super().__init__(
-            depth=50,
-            norm=norm,
-            freeze_at=freeze_at,
-            checkpoint=checkpoint,
-            checkpoint_prefix=checkpoint_prefix,
-            checkpoint_strict=checkpoint_strict,
-        )
+        super().__init__(depth=50, norm=norm, freeze_at=freeze_at)
+
+
+@register_model
+def resnet50(*, norm: NormName = "FrozenBN", freeze_at: int = 0) -> ResNet:
+    """ResNet-50 backbone (res2..res5); a torchvision ImageNet file loads with ``checkpoint=`` (its ``fc.*`` is ignored)."""
+    return ResNet50(norm=norm, freeze_at=freeze_at)

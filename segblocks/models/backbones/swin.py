@@ -21,14 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segblocks.layers.drop_path import DropPath
+from segblocks.layers.mlp import Mlp
+from segblocks.layers.patch_embed import PatchEmbed
+from segblocks.layers.window import window_partition, window_unpartition
+
+from segblocks.models._registry import register_model
+
 from .base import FEATURE_STRIDES, Backbone
 
 __all__ = [
-    "window_partition",
-    "window_unpartition",
     "relative_position_index",
     "shifted_window_mask",
-    "DropPath",
     "WindowAttention",
     "SwinBlock",
     "PatchMerging",
@@ -38,29 +42,6 @@ __all__ = [
 ]
 
 PATCH_SIZE = 4  # res2 is at stride 4
-
-
-def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
-    """Split a map into non-overlapping windows.
-
-    Args:
-        x: (B, Hp, Wp, C) with Hp, Wp multiples of ``window_size`` M.
-
-    Returns:
-        (B, nW, M*M, C), windows in row-major order, tokens row-major inside a window.
-    """
-    b, hp, wp, c = x.shape
-    m = window_size
-    x = x.reshape(b, hp // m, m, wp // m, m, c)  # B x nH x M x nW x M x C
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, (hp // m) * (wp // m), m * m, c)  # B x nW x M² x C
-
-
-def window_unpartition(windows: torch.Tensor, window_size: int, hp: int, wp: int) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: (B, nW, M*M, C) → (B, Hp, Wp, C)."""
-    b, _, _, c = windows.shape
-    m = window_size
-    x = windows.reshape(b, hp // m, wp // m, m, m, c)  # B x nH x nW x M x M x C
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)  # B x Hp x Wp x C
 
 
 def relative_position_index(window_size: int) -> torch.Tensor:
@@ -91,28 +72,6 @@ def shifted_window_mask(hp: int, wp: int, window_size: int, shift: int, device=N
     labels = wrapped_rows[:, None].long() * 2 + wrapped_cols[None, :].long()  # Hp x Wp
     windows = window_partition(labels[None, :, :, None], window_size)[0, :, :, 0]  # nW x M²
     return windows[:, :, None] == windows[:, None, :]  # nW x M² x M²
-
-
-class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. 2016): drop the whole residual branch per sample with probability p.
-
-    Kept samples are scaled by 1/(1−p) so the expectation is unchanged; identity in eval mode.
-    """
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"DropPath: p must be in [0, 1), got {p}")
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)  # B x 1 x ... x 1
-        return x * keep / (1.0 - self.p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class WindowAttention(nn.Module):
@@ -156,19 +115,6 @@ class WindowAttention(nn.Module):
         return self.proj(out.transpose(2, 3).reshape(b, nw, n, c))  # B x nW x N x C
 
 
-class _Mlp(nn.Module):
-    """Two-layer GELU MLP (``fc1``/``fc2`` as in the official checkpoints)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class SwinBlock(nn.Module):
     """Swin Transformer block, Eq. (3): ``ẑ = (S)W-MSA(LN(z)) + z``, ``z' = MLP(LN(ẑ)) + ẑ``.
 
@@ -204,7 +150,7 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim=dim, num_heads=num_heads, window_size=window_size)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio))  # fc1 / fc2 as in the checkpoints
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self._window_attention(self.norm1(x)))
@@ -219,7 +165,7 @@ class SwinBlock(nn.Module):
         if s:
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
             mask = shifted_window_mask(hp, wp, m, s, device=x.device)
-        out = window_unpartition(self.attn(window_partition(x, m), mask), m, hp, wp)  # B x Hp x Wp x C
+        out = window_unpartition(self.attn(window_partition(x, m), mask), m, (hp, wp))  # B x Hp x Wp x C
         if s:
             out = torch.roll(out, shifts=(s, s), dims=(1, 2))
         return out[:, :height, :width]
@@ -247,23 +193,6 @@ class PatchMerging(nn.Module):
         x = F.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))  # B x 2h x 2w x C
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)  # B x h x w x 4C
         return self.reduction(self.norm(x))
-
-
-class _PatchEmbed(nn.Module):
-    """Non-overlapping 4×4 patches → linear embedding (a strided conv) → LayerNorm.
-
-    Forward: images (B, 3, H, W) → (B, ceil(H/4), ceil(W/4), C), zero-padding H, W up to multiples of 4.
-    """
-
-    def __init__(self, embed_dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(3, embed_dim, PATCH_SIZE, stride=PATCH_SIZE)
-        self.norm = nn.LayerNorm(embed_dim)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        images = F.pad(images, (0, -width % PATCH_SIZE, 0, -height % PATCH_SIZE))
-        return self.norm(self.proj(images).permute(0, 2, 3, 1))  # B x h x w x C
 
 
 class _SwinStage(nn.Module):
@@ -308,13 +237,15 @@ class SwinTransformer(Backbone):
         window_size: window side M.
         mlp_ratio: MLP hidden size / channels.
         drop_path_rate: stochastic depth, increasing linearly from 0 over all blocks to this value.
-        checkpoint: local state-dict file loaded after construction (see ``checkpoint.py``); for
-            detectron2-converted Mask2Former weights use ``checkpoint_prefix="backbone."``.
-        checkpoint_prefix: prefix stripped from the checkpoint keys.
-        checkpoint_strict: raise instead of warning on missing/unexpected keys.
+
+    Weights: ``swin_tiny(checkpoint=...)`` (official classification files; detectron2-converted
+    Mask2Former files with ``checkpoint_prefix="backbone."``).
 
     Forward: images (B, 3, H, W) → ``{"res2": (B, C, H/4, W/4), ..., "res5": (B, 8C, H/32, W/32)}`` (ceil).
     """
+
+    #: The classification head and its final norm (official ImageNet files) are not part of the backbone.
+    checkpoint_ignore_keys = ("head.*", "norm.*")
 
     def __init__(
         self,
@@ -325,16 +256,14 @@ class SwinTransformer(Backbone):
         window_size: int = 7,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.3,
-        checkpoint: str | None = None,
-        checkpoint_prefix: str = "",
-        checkpoint_strict: bool = False,
     ) -> None:
         super().__init__()
         if len(depths) != 4 or len(num_heads) != 4:
             raise ValueError(f"SwinTransformer: depths and num_heads need 4 stages, got {depths} and {num_heads}")
         if window_size < 1:
             raise ValueError(f"SwinTransformer: window_size must be ≥ 1, got {window_size}")
-        self.patch_embed = _PatchEmbed(embed_dim)
+        # patch partition + linear embedding + LN, zero-padding H, W to multiples of 4 (authors' detection code)
+        self.patch_embed = PatchEmbed(patch_size=PATCH_SIZE, in_chans=3, embed_dim=embed_dim, norm=nn.LayerNorm(embed_dim), pad=True)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
@@ -354,8 +283,6 @@ class SwinTransformer(Backbone):
         self.out_channels = {name: embed_dim * 2**i for i, name in enumerate(FEATURE_STRIDES)}
         self.out_strides = dict(FEATURE_STRIDES)
         self.apply(_init_weights)
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint, prefix=checkpoint_prefix, strict=checkpoint_strict)
 
     def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.patch_embed(images)  # B x H/4 x W/4 x C
@@ -374,11 +301,13 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+@register_model
 def swin_tiny(**kwargs) -> SwinTransformer:
     """Swin-T (C = 96, depths 2/2/6/2, heads 3/6/12/24, window 7); ``kwargs`` override any argument."""
     return SwinTransformer(**{"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24), **kwargs})
 
 
+@register_model
 def swin_small(**kwargs) -> SwinTransformer:
     """Swin-S (C = 96, depths 2/2/18/2, heads 3/6/12/24, window 7); ``kwargs`` override any argument."""
     return SwinTransformer(**{"embed_dim": 96, "depths": (2, 2, 18, 2), "num_heads": (3, 6, 12, 24), **kwargs})

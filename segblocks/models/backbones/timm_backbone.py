@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from .base import FEATURE_STRIDES, Backbone
-from .checkpoint import resolve_checkpoint_path
+from segblocks.models.checkpoint import resolve_checkpoint_path
 
 __all__ = ["TimmBackbone"]
 

@@ -12,10 +12,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from segblocks.models._registry import register_model
+
 from .base import FEATURE_STRIDES, Backbone
 from .resnet import NormName, make_norm
 
-__all__ = ["TinyBackbone"]
+__all__ = ["TinyBackbone", "tiny_backbone"]
 
 
 def _conv_norm_relu(in_channels: int, out_channels: int, stride: int, norm: NormName) -> nn.Sequential:
@@ -46,9 +48,6 @@ class TinyBackbone(Backbone):
         widths: channels of res2..res5 (the stride-2 stem has ``widths[0]`` channels).
         depths: residual blocks per stage after its stride-2 convolution (0 allowed).
         norm: ``"GN"`` (default: independent of the tiny CPU batch sizes), ``"BN"`` or ``"FrozenBN"``.
-        checkpoint: local state-dict file loaded after construction (see ``checkpoint.py``).
-        checkpoint_prefix: prefix stripped from the checkpoint keys.
-        checkpoint_strict: raise instead of warning on missing/unexpected keys.
 
     Forward: images (B, 3, H, W) → ``{"res2": (B, widths[0], H/4, W/4), ..., "res5": (B, widths[3], H/32, W/32)}``
     (ceil division).
@@ -60,9 +59,6 @@ class TinyBackbone(Backbone):
         widths: Sequence[int] = (32, 64, 128, 256),
         depths: Sequence[int] = (1, 1, 1, 1),
         norm: NormName = "GN",
-        checkpoint: str | None = None,
-        checkpoint_prefix: str = "",
-        checkpoint_strict: bool = False,
     ) -> None:
         super().__init__()
         if len(widths) != 4 or len(depths) != 4:
@@ -84,8 +80,6 @@ class TinyBackbone(Backbone):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint, prefix=checkpoint_prefix, strict=checkpoint_strict)
 
     def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(images)  # B x widths[0] x H/2 x W/2
@@ -94,3 +88,11 @@ class TinyBackbone(Backbone):
             x = stage(x)
             out[name] = x
         return out
+
+
+@register_model
+def tiny_backbone(
+    *, widths: Sequence[int] = (32, 64, 128, 256), depths: Sequence[int] = (1, 1, 1, 1), norm: NormName = "GN"
+) -> TinyBackbone:
+    """The CPU demo backbone of the recipes (about 2 M parameters); arguments as :class:`TinyBackbone`."""
+    return TinyBackbone(widths=widths, depths=depths, norm=norm)

@@ -1,6 +1,8 @@
 """HRSAM and HRSAM++ image encoders: Flash Swin ViT with Cycle-scan, for SAM's prompt encoder and decoder.
 
-Huang et al., "HRSAM: Efficient Interactive Segmentation in High-Resolution Images" (seed 002).
+Huang et al., "HRSAM: Efficient Interactive Segmentation in High-Resolution Images"; authors' code
+YouHuang67/High-Resolution-Segment-Anything (``models/backbones/hrsam.py``, ``hrsam_plusplus.py``,
+``configs/hrsam/``).
 
 HRSAM (§3.1, Fig. 2, supp. D.2): a ViT-B on 16×16 patches whose 12 blocks form 4 stages of 3.
 Every block is pre-LN Flash Swin attention (window 16, shifts 0 / 8 alternating, KV-only padding,
@@ -14,19 +16,33 @@ App. C). Each stage cycle-scans every scale on its own before its last block and
 with one Cycle-scan over their concatenation after it; the anchor features are upsampled and
 channel-concatenated with the original-scale ones before the projection to 256-d.
 
-Details the paper leaves open follow the authors' code (project notes official_code_facts §1.2,
-§2.1, §2.3): the absolute position embedding is a 14×14 grid (MAE ViT-B at 224 px, class token
+Details the paper leaves open follow the authors' code (the files above, and the shared ViT of
+YouHuang67/inter2former, ``inter2former/backbones/hrsam_no_ssm.py``): the absolute position embedding is a 14×14 grid (MAE ViT-B at 224 px, class token
 dropped) resized bilinearly to every scale's token grid; Cycle-scan sits before blocks 2, 5, 8,
 11 and these blocks' outputs are the stage outputs; each stage output is projected by
 ``Linear(C, 256, bias=False) + LN`` (HRSAM++: ``LN(C)`` on both scales, anchor upsampled,
 channel concatenation, ``Linear(2C, 256, bias=False) + LN``), the projections are summed, and
 the refinement is a depthwise 3×3 convolution (no bias) + channel LayerNorm (supp. D.2 words it
 as "summed and passed through a convolution layer to reduce the dimension to 256"; the code
-reduces per stage before the sum); LayerNorm eps 1e-6
-in the blocks; the anchor is a square resize whatever the aspect ratio; drop-path rates grow
-linearly over the blocks.
+reduces per stage before the sum); every LayerNorm has ``nn.LayerNorm``'s default eps 1e-5
+(blocks, stage projections and the channel LayerNorm of the refinement); the anchor is a square
+resize whatever the aspect ratio; drop-path rates grow linearly over the blocks to 0.2 (base
+config; 0 in the HQSeg fine-tune config).
+
+Weights: MAE ViT-B checkpoints (He et al., "Masked Autoencoders Are Scalable Vision Learners",
+CVPR 2022; facebookresearch/mae ``models_mae.py``), the authors' initialisation, load through
+:func:`mae_to_hrsam` — applied automatically by ``load_state_dict`` (a load pre-hook) when the keys
+are in MAE's layout. The parameters MAE has no counterpart for (:data:`MAE_ABSENT_KEYS`) keep
+their initialisation; :meth:`HRSAMEncoder.load_checkpoint` loads such a file strictly except for
+exactly those keys (``hrsam_vit_b().load_checkpoint("mae_pretrain_vit_base.pth")``). The blocks use MAE's / the authors' key names
+(``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``).
 """
 from __future__ import annotations
+
+import logging
+import math
+import os
+import re
 
 import torch
 import torch.nn.functional as F
@@ -34,33 +50,121 @@ from torch import nn
 
 from segblocks.blocks.hrsam_attention import FlashSwinAttention
 from segblocks.blocks.hrsam_cyclescan import CycleScan, MultiScaleCycleScan, PerScaleCycleScan
-from segblocks.models.backbones.swin import DropPath
-from segblocks.models.sam.common import LayerNorm2d, MLPBlock
-from segblocks.models.sam.image_encoder import PatchEmbed, resize_pos_embed
+from segblocks.layers.drop_path import DropPath
+from segblocks.layers.mlp import Mlp
+from segblocks.layers.norm import LayerNorm2d
+from segblocks.layers.patch_embed import PatchEmbed
+from segblocks.models._registry import register_model
+from segblocks.models.checkpoint import read_state_dict
+from segblocks.models.sam.image_encoder import resize_pos_embed
+from segblocks.ops._checks import check_int, check_module_dtype
 
 __all__ = [
     "HRSAM_PRESETS",
     "HRSAMBlock",
     "HRSAMEncoder",
     "HRSAMPlusPlusEncoder",
+    "MAE_ABSENT_KEYS",
     "hrsam_pp_tiny",
     "hrsam_pp_vit_b",
     "hrsam_tiny",
     "hrsam_vit_b",
     "interpolate_pos_embed",
+    "is_mae_state_dict",
+    "mae_to_hrsam",
 ]
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize a ``(1, Gh, Gw, C)`` absolute embedding to ``grid`` (authors' code, notes §1.2)."""
+    """Bilinearly resize a ``(1, Gh, Gw, C)`` absolute embedding to ``grid`` (authors' ``HRSAMViT.forward``)."""
     return resize_pos_embed(pos_embed, grid, mode="bilinear")
+
+
+logger = logging.getLogger(__name__)
+
+#: Parameters of :class:`HRSAMEncoder` / :class:`HRSAMPlusPlusEncoder` that an MAE ViT checkpoint
+#: has no counterpart for (regular expressions on the key names): the KV pad token of every block,
+#: the Cycle-scan modules (and HRSAM++'s fusion scans), the per-stage projections and the
+#: refinement head. They keep their initialisation when MAE weights are loaded.
+MAE_ABSENT_KEYS = (
+    r"blocks\.\d+\.attn\.pad_token",
+    r"cycle_scans\..+",
+    r"fusion_scans\..+",
+    r"stage_proj\..+",
+    r"refine\..+",
+)
+_MAE_ABSENT = re.compile("|".join(f"(?:{p})" for p in MAE_ABSENT_KEYS))
+# MAE keys with no place in the encoder: class / mask tokens, the final (or global-pool) norm,
+# the classifier, and the whole pixel decoder.
+_MAE_DROPPED = re.compile(r"cls_token|mask_token|(?:norm|fc_norm|head)\..+|decoder_.+")
+
+
+def _absent_from_mae(key: str) -> bool:
+    return _MAE_ABSENT.fullmatch(key) is not None
+
+
+def is_mae_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
+    """True when ``state_dict`` is in MAE's layout: a ``pos_embed`` of shape ``(1, L, C)`` (token list)."""
+    pos = state_dict.get("pos_embed")
+    return isinstance(pos, torch.Tensor) and pos.dim() == 3
+
+
+def mae_to_hrsam(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map an MAE ViT state dict (He et al., CVPR 2022; facebookresearch/mae ``models_mae.py``) to HRSAM's keys.
+
+    * ``pos_embed`` ``(1, 1 + g², C)`` (class token first, then the ``g × g`` grid row-major)
+      → ``(1, g, g, C)``, class token dropped (the authors use ``pos_embed[:, 1:]``);
+    * ``patch_embed.proj.*`` and ``blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1,
+      mlp.fc2}.*`` keep their names;
+    * ``cls_token``, ``mask_token``, ``norm.*`` / ``fc_norm.*``, ``head.*`` and every
+      ``decoder_*`` key are dropped;
+    * any other key is kept unchanged (so that a strict load reports it).
+
+    The encoder keys MAE does not provide are listed in :data:`MAE_ABSENT_KEYS`.
+
+    Args:
+        state_dict: MAE state dict (pre-training or fine-tuning checkpoint's ``"model"``).
+
+    Returns:
+        A new state dict; the input is not modified.
+    """
+    pos = state_dict.get("pos_embed")
+    if not isinstance(pos, torch.Tensor) or pos.dim() != 3 or pos.shape[0] != 1:
+        shape = tuple(pos.shape) if isinstance(pos, torch.Tensor) else None
+        raise ValueError(f"mae_to_hrsam: expected an MAE 'pos_embed' of shape (1, 1 + g*g, C); got {shape}")
+    tokens = pos[:, 1:] if "cls_token" in state_dict or not _is_square(pos.shape[1]) else pos  # 1 x g² x C
+    grid = math.isqrt(tokens.shape[1])
+    if grid * grid != tokens.shape[1] or grid == 0:
+        raise ValueError(f"mae_to_hrsam: pos_embed holds {tokens.shape[1]} grid tokens, not a square grid")
+    out = {k: v for k, v in state_dict.items() if k != "pos_embed" and not _MAE_DROPPED.fullmatch(k)}
+    out["pos_embed"] = tokens.reshape(1, grid, grid, tokens.shape[-1]).contiguous()  # 1 x g x g x C
+    return out
+
+
+def _is_square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
+def _convert_on_load(module: nn.Module, state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook: convert an MAE layout and resize ``pos_embed`` to the module's grid."""
+    key = prefix + "pos_embed"
+    pos = state_dict.get(key)
+    if isinstance(pos, torch.Tensor) and pos.dim() == 3:
+        own = {k[len(prefix):]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
+        state_dict.update({prefix + k: v for k, v in mae_to_hrsam(own).items()})
+    pos = state_dict.get(key)
+    if isinstance(pos, torch.Tensor) and pos.dim() == 4 and pos.shape != module.pos_embed.shape:
+        if pos.shape[-1] == module.pos_embed.shape[-1]:
+            state_dict[key] = interpolate_pos_embed(pos, tuple(module.pos_embed.shape[1:3]))
 
 
 class HRSAMBlock(nn.Module):
     """Pre-LN transformer block with Flash Swin attention (HRSAM §3.1, supp. D.2).
 
     ``x = x + DropPath(FlashSwin(LN(x)))``, then ``x = x + DropPath(FFN(LN(x)))``, FFN =
-    ``Linear(C, rC) → GELU → Linear(rC, C)``.
+    ``Linear(C, rC) → GELU → Linear(rC, C)`` (:class:`~segblocks.layers.Mlp`, keys ``mlp.fc1`` /
+    ``mlp.fc2``). Both LayerNorms use eps 1e-5, ``nn.LayerNorm``'s default, as the authors'
+    ``Block`` (MAE's own ViT uses 1e-6; HRSAM's code loads MAE weights into 1e-5 norms).
 
     Args:
         dim, num_heads: width and heads.
@@ -68,7 +172,8 @@ class HRSAMBlock(nn.Module):
         shift: 0 or ``k // 2``.
         mlp_ratio: FFN expansion ``r``.
         drop_path: stochastic-depth probability.
-        kv_padding, rope: see :class:`~segblocks.blocks.hrsam_attention.FlexibleLocalAttention`.
+        kv_padding, rope, shift_single_window: see
+            :class:`~segblocks.blocks.hrsam_attention.FlexibleLocalAttention`.
         backend: varlen-attention backend of the attention.
 
     Forward:
@@ -87,16 +192,17 @@ class HRSAMBlock(nn.Module):
         drop_path: float = 0.0,
         kv_padding: bool = True,
         rope: bool = True,
+        shift_single_window: bool = True,
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-5)
         self.attn = FlashSwinAttention(
             dim=dim, num_heads=num_heads, window_size=window_size, shift=shift, kv_padding=kv_padding, rope=rope,
-            backend=backend,
+            shift_single_window=shift_single_window, backend=backend,
         )
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=int(dim * mlp_ratio), act=nn.GELU)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
@@ -132,10 +238,12 @@ class HRSAMEncoder(nn.Module):
         window_size: Flash Swin window side (16).
         out_chans: embedding channels (256, SAM's decoder width).
         d_state, cycle_repeats: Cycle-scan state size (32) and number of cycles (3).
-        drop_path_rate: stochastic depth of the last block (linear from 0); 0.2 in the authors'
-            base config.
+        drop_path_rate: stochastic depth of the last block (linear from 0); 0.2 as the authors'
+            base config (their HQSeg fine-tune config uses 0).
         pos_embed_grid: side of the stored absolute embedding (14: MAE ViT-B at 224 px).
         kv_padding, rope: Flash Swin options (§3.4, §3.1).
+        shift_single_window: shift a scale that fits in one window too (True: HRSAM's App. A
+            Listing 1; False: Inter2Former's rule), see :mod:`segblocks.ops.fla_mapping`.
         attn_backend: varlen-attention backend (``"auto"``; ``"reference"`` loops over windows,
             which on CPU is far lighter than the dense-mask ``"sdpa"`` for large inputs).
         scan_backend: selective-scan backend of the Cycle-scan modules.
@@ -159,14 +267,19 @@ class HRSAMEncoder(nn.Module):
         out_chans: int = 256,
         d_state: int = 32,
         cycle_repeats: int = 3,
-        drop_path_rate: float = 0.0,
+        drop_path_rate: float = 0.2,
         pos_embed_grid: int = 14,
         kv_padding: bool = True,
         rope: bool = True,
+        shift_single_window: bool = True,
         attn_backend: str = "auto",
         scan_backend: str = "auto",
     ) -> None:
         super().__init__()
+        sizes = dict(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, num_stages=num_stages,
+                     blocks_per_stage=blocks_per_stage, out_chans=out_chans, pos_embed_grid=pos_embed_grid)
+        for name, value in sizes.items():
+            check_int(value, name, owner=type(self).__name__)  # 2.5 or True must not become a size
         if min(patch_size, in_chans, embed_dim, num_stages, blocks_per_stage, out_chans, pos_embed_grid) < 1:
             raise ValueError(
                 "patch_size, in_chans, embed_dim, num_stages, blocks_per_stage, out_chans and pos_embed_grid must be "
@@ -187,7 +300,8 @@ class HRSAMEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             HRSAMBlock(
                 dim=embed_dim, num_heads=num_heads, window_size=window_size, shift=0 if i % 2 == 0 else window_size // 2,
-                mlp_ratio=mlp_ratio, drop_path=rates[i], kv_padding=kv_padding, rope=rope, backend=attn_backend,
+                mlp_ratio=mlp_ratio, drop_path=rates[i], kv_padding=kv_padding, rope=rope,
+                shift_single_window=shift_single_window, backend=attn_backend,
             )
             for i in range(depth)
         )
@@ -200,8 +314,47 @@ class HRSAMEncoder(nn.Module):
         )
         self.refine = nn.Sequential(
             nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, groups=out_chans, bias=False),
-            LayerNorm2d(num_channels=out_chans),
+            LayerNorm2d(num_channels=out_chans, eps=1e-5),  # authors' out_conv: nn.LayerNorm default eps
         )
+        self.register_load_state_dict_pre_hook(_convert_on_load)
+
+    # ------------------------------------------------------------------ weights
+    def load_checkpoint(
+        self, path: str | os.PathLike, *, prefix: str = "", strict: bool = True
+    ) -> tuple[list[str], list[str]]:
+        """Load a local checkpoint with this encoder's key names or in MAE's layout.
+
+        MAE-layout files (``pos_embed`` of shape ``(1, 1 + N, C)``) are converted by
+        :func:`mae_to_hrsam`; for them the keys in :data:`MAE_ABSENT_KEYS` may be missing. A
+        ``pos_embed`` stored for another grid is resized bilinearly (as the authors do at run
+        time).
+
+        Args:
+            path: ``.pth``/``.pt``/``.ckpt`` file (a state dict, possibly under ``"model"`` or
+                ``"state_dict"``).
+            prefix: keep only keys with this prefix, stripped (e.g. ``"student."``).
+            strict: raise ``ValueError`` on any other missing or unexpected key (else warn).
+
+        Returns:
+            ``(missing_keys, unexpected_keys)`` of ``load_state_dict``, MAE-absent keys included.
+        """
+        state = read_state_dict(path, prefix=prefix)
+        from_mae = is_mae_state_dict(state)
+        try:
+            result = self.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches
+            raise ValueError(f"checkpoint {path}: {err}") from err
+        missing = [k for k in result.missing_keys if not (from_mae and _absent_from_mae(k))]
+        if missing or result.unexpected_keys:
+            msg = (
+                f"checkpoint {path} into {type(self).__name__}{' (MAE layout)' if from_mae else ''}: "
+                f"{len(missing)} missing keys {missing}; "
+                f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys}"
+            )
+            if strict:
+                raise ValueError(msg)
+            logger.warning(msg)
+        return result
 
     # ------------------------------------------------------------------ hooks HRSAM++ overrides
     def _scan_class(self) -> type[CycleScan]:
@@ -228,6 +381,7 @@ class HRSAMEncoder(nn.Module):
         p = self.patch_size
         if h == 0 or w == 0 or h % p or w % p:
             raise ValueError(f"{name} height and width must be positive multiples of {p}; got {h}x{w}")
+        check_module_dtype(x, self, name, owner=type(self).__name__)
         return h // p, w // p
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -252,6 +406,8 @@ class HRSAMEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = self._check_images(x)
+        if x.shape[0] == 0:  # empty batch: empty embeddings
+            return x.new_zeros(0, self.out_chans, *grid)
         return self._run(self.embed_tokens(x), [grid])
 
 
@@ -321,39 +477,52 @@ class HRSAMPlusPlusEncoder(HRSAMEncoder):
     def forward(self, x: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
         grid = self._check_images(x)
         if anchor is None:
-            # Square resize whatever the aspect ratio (authors' code, notes §2.3).
+            # Square resize whatever the aspect ratio (authors' hrsam_plusplus.py).
             anchor = F.interpolate(x, size=(self.anchor_size, self.anchor_size), mode="bilinear", align_corners=False)
         anchor_grid = self._check_images(anchor, "anchor")
         if anchor.shape[0] != x.shape[0]:
             raise ValueError(f"anchor must have the batch size of x ({x.shape[0]}); got {anchor.shape[0]}")
+        if x.shape[0] == 0:  # empty batch: empty embeddings
+            return x.new_zeros(0, self.out_chans, *grid)
         tokens = torch.cat([self.embed_tokens(x), self.embed_tokens(anchor)], dim=1)  # B x (hw + ha wa) x C
         return self._run(tokens, [grid, anchor_grid])
 
 
 # A CPU-trainable size for 128-256 px inputs (not from the paper): 8x8-16x16 token grids need
 # windows of 4 for the shifted windows to matter; width and decoder match ``sam_tiny``'s 64-d.
-_TINY = dict(embed_dim=64, num_heads=2, blocks_per_stage=2, window_size=4, out_chans=64, d_state=8, pos_embed_grid=8)
+# No drop path: the 8-block demo models train for minutes, where stochastic depth only slows them.
+_TINY = dict(
+    embed_dim=64, num_heads=2, blocks_per_stage=2, window_size=4, out_chans=64, d_state=8, pos_embed_grid=8,
+    drop_path_rate=0.0,
+)
 
 
+@register_model
 def hrsam_vit_b(**kwargs) -> HRSAMEncoder:
-    """HRSAM-ViT-B (supp. D.2): 768-d, 12 heads, 4 stages x 3 blocks, window 16, 256-d output."""
+    """HRSAM-ViT-B (supp. D.2): 768-d, 12 heads, 4 stages x 3 blocks, window 16, 256-d output, drop path 0.2."""
     return HRSAMEncoder(**kwargs)
 
 
+@register_model
 def hrsam_pp_vit_b(**kwargs) -> HRSAMPlusPlusEncoder:
-    """HRSAM++-ViT-B (supp. D.2): :func:`hrsam_vit_b` plus the 512² anchor map."""
+    """HRSAM++-ViT-B (supp. D.2): :func:`hrsam_vit_b` plus the 512² anchor map (drop path 0.2)."""
     return HRSAMPlusPlusEncoder(**kwargs)
 
 
+@register_model
 def hrsam_tiny(**kwargs) -> HRSAMEncoder:
-    """Small CPU HRSAM (not from the paper): 64-d, 2 heads, 4 stages x 2 blocks, window 4, state 8, 64-d output."""
+    """Small CPU HRSAM (not from the paper): 64-d, 2 heads, 4 stages x 2 blocks, window 4, state 8, 64-d output.
+
+    Drop path is 0 here (the authors' 0.2 is for ViT-B); pass ``drop_path_rate`` to change it.
+    """
     return HRSAMEncoder(**{**_TINY, **kwargs})
 
 
+@register_model
 def hrsam_pp_tiny(**kwargs) -> HRSAMPlusPlusEncoder:
-    """Small CPU HRSAM++ (not from the paper): :func:`hrsam_tiny` with a 64² anchor map."""
+    """Small CPU HRSAM++ (not from the paper): :func:`hrsam_tiny` with a 64² anchor map (drop path 0)."""
     return HRSAMPlusPlusEncoder(**{**_TINY, "anchor_size": 64, **kwargs})
 
 
-#: Encoder factories selectable by name (recipes, :class:`~segblocks.lightning.hrsam_module.HRSAMInteractive`).
+#: The four encoder presets by short name (the registry names are the function names).
 HRSAM_PRESETS = {"vit_b": hrsam_vit_b, "pp_vit_b": hrsam_pp_vit_b, "tiny": hrsam_tiny, "pp_tiny": hrsam_pp_tiny}

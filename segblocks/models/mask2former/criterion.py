@@ -22,14 +22,17 @@ from segblocks.models.mask2former.point_sampling import (
     get_uncertain_point_coords_with_randomness,
     point_sample,
 )
+from segblocks.ops._checks import check_positive_int, check_tensor
 
-__all__ = ["SetCriterion", "dice_loss", "sigmoid_ce_loss"]
+__all__ = ["SetCriterion", "point_sampled_dice_loss", "point_sampled_sigmoid_ce_loss"]
 
 Indices = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
+def point_sampled_sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
     """Binary cross-entropy averaged over points, summed over masks, divided by ``num_masks``.
+
+    Mask2Former's mask BCE on ``P`` sampled points per matched mask (§3.3).
 
     Args:
         logits: (M, P) mask logits at P points.
@@ -39,8 +42,13 @@ def sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: floa
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1).sum() / num_masks
 
 
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
+def point_sampled_dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
     """Dice loss ``1 - (2|p·t| + 1) / (|p| + |t| + 1)`` per mask, summed, divided by ``num_masks``.
+
+    Mask2Former's dice on ``P`` sampled points of the matched masks (§3.3; ``dice_loss`` in
+    facebookresearch/Mask2Former, ``mask2former/modeling/criterion.py``). Not to be confused with
+    :func:`segblocks.losses.dice_loss`, the dense per-image dice with an ignore index used by the
+    interactive models.
 
     Args:
         logits: (M, P) mask logits at P points.
@@ -85,10 +93,8 @@ class SetCriterion(nn.Module):
         deep_supervision: bool = True,
     ) -> None:
         super().__init__()
-        if num_classes <= 0:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
-        if num_points <= 0:
-            raise ValueError(f"num_points must be positive, got {num_points}")
+        num_classes = check_positive_int(num_classes, "num_classes", owner="SetCriterion")
+        num_points = check_positive_int(num_points, "num_points", owner="SetCriterion")
         self.num_classes = num_classes
         self.matcher = matcher
         self.class_weight = class_weight
@@ -121,6 +127,8 @@ class SetCriterion(nn.Module):
             auxiliary output ``i``.
         """
         logits = outputs["pred_logits"]
+        check_tensor(logits, "pred_logits", owner="SetCriterion", ndim=3)
+        check_tensor(outputs["pred_masks"], "pred_masks", owner="SetCriterion", shape=("B", "Q", "h", "w"))
         if logits.dim() != 3 or logits.shape[-1] != self.num_classes + 1:
             raise ValueError(
                 f"pred_logits must be (B, Q, {self.num_classes + 1}), got {tuple(logits.shape)}"
@@ -137,6 +145,9 @@ class SetCriterion(nn.Module):
     def _losses(
         self, outputs: dict[str, torch.Tensor], targets: Sequence[dict], num_masks: float, suffix: str
     ) -> dict[str, torch.Tensor]:
+        if outputs["pred_logits"].shape[0] == 0:  # empty batch: zero losses, graph kept (DDP)
+            zero = outputs["pred_logits"].sum() * 0.0 + outputs["pred_masks"].sum() * 0.0
+            return {f"loss_ce{suffix}": zero, f"loss_mask{suffix}": zero, f"loss_dice{suffix}": zero}
         indices = self.matcher(outputs, targets)
         loss_mask, loss_dice = self._mask_losses(outputs["pred_masks"], targets, indices, num_masks)
         return {
@@ -176,7 +187,10 @@ class SetCriterion(nn.Module):
             )  # M x P x 2
             point_labels = point_sample(tgt, coords)[:, 0]  # M x P
         point_logits = point_sample(src, coords)[:, 0]  # M x P
-        return sigmoid_ce_loss(point_logits, point_labels, num_masks), dice_loss(point_logits, point_labels, num_masks)
+        return (
+            point_sampled_sigmoid_ce_loss(point_logits, point_labels, num_masks),
+            point_sampled_dice_loss(point_logits, point_labels, num_masks),
+        )
 
     @staticmethod
     def _pad_targets(
@@ -188,6 +202,8 @@ class SetCriterion(nn.Module):
         cover the same field of view as the predictions (same aspect ratio, e.g. masks at the
         padded input size and predictions at 1/4 of it).
         """
+        if not targets:  # empty batch: nothing to pad
+            return []
         h = max(t["masks"].shape[-2] for t in targets)
         w = max(t["masks"].shape[-1] for t in targets)
         if h * pred_size[1] != w * pred_size[0]:

@@ -15,6 +15,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from segblocks.models.mask2former.point_sampling import point_sample
+from segblocks.ops._checks import check_positive_int, check_tensor
 
 __all__ = ["HungarianMatcher", "pairwise_dice_cost", "pairwise_sigmoid_ce_cost", "validate_targets"]
 
@@ -101,8 +102,8 @@ class HungarianMatcher(nn.Module):
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
             raise ValueError("at least one of cost_class, cost_mask, cost_dice must be non-zero")
-        if num_points is not None and num_points <= 0:
-            raise ValueError(f"num_points must be positive or None, got {num_points}")
+        if num_points is not None:
+            num_points = check_positive_int(num_points, "num_points", owner="HungarianMatcher")
         self.cost_class = cost_class
         self.cost_mask = cost_mask
         self.cost_dice = cost_dice
@@ -125,6 +126,8 @@ class HungarianMatcher(nn.Module):
             query ``pred_idx[i]`` is matched to target ``tgt_idx[i]``.
         """
         logits, masks = outputs["pred_logits"], outputs["pred_masks"]
+        check_tensor(logits, "pred_logits", owner="HungarianMatcher", shape=("B", "Q", "K+1"))
+        check_tensor(masks, "pred_masks", owner="HungarianMatcher", shape=("B", "Q", "h", "w"))
         if logits.dim() != 3 or masks.dim() != 4 or masks.shape[:2] != logits.shape[:2]:
             raise ValueError(
                 "expected pred_logits (B, Q, K+1) and pred_masks (B, Q, h, w), got "

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from segblocks.models.mask2former.inference import instance_inference, panoptic_inference, semantic_inference
+from segblocks.models.mask2former.transformer_decoder import MultiScaleMaskedTransformerDecoder
 
-__all__ = ["Mask2Former"]
+__all__ = ["Mask2Former", "mask2former_from_parts"]
 
 
 class Mask2Former(nn.Module):
@@ -54,6 +55,12 @@ class Mask2Former(nn.Module):
                 raise ValueError(
                     f"pixel_decoder.in_channels={list(expected)} does not match the backbone's res2..res5 channels {provided}"
                 )
+
+    @property
+    def num_classes(self) -> int | None:
+        """Categories K of the classifier (``K + 1`` logits with "no object"), or None if unknown."""
+        head = getattr(self.transformer_decoder, "class_embed", None)
+        return None if head is None else head.out_features - 1
 
     def forward(self, images: torch.Tensor) -> dict:
         """images: (B, 3, H, W) RGB 0..255 → dict(pred_logits (B, Q, K+1), pred_masks (B, Q, H/4, W/4), aux_outputs)."""
@@ -124,3 +131,38 @@ class Mask2Former(nn.Module):
         if image_sizes is None:
             image_sizes = torch.tensor([images.shape[-2:]] * images.shape[0])
         return self.postprocess(self(images), tuple(images.shape[-2:]), image_sizes, **kwargs)
+
+
+def mask2former_from_parts(
+    *,
+    backbone: nn.Module,
+    pixel_decoder: nn.Module,
+    num_classes: int,
+    num_queries: int = 100,
+    dec_layers: int = 9,
+    hidden_dim: int = 256,
+    nheads: int = 8,
+    dim_feedforward: int = 2048,
+) -> Mask2Former:
+    """A :class:`Mask2Former` whose masked-attention decoder is sized from the pixel decoder.
+
+    Args:
+        backbone, pixel_decoder: as :class:`Mask2Former` (the pixel decoder gives ``conv_dim`` and ``mask_dim``).
+        num_classes: categories K.
+        num_queries, dec_layers, hidden_dim, nheads, dim_feedforward: the transformer decoder
+            (100, 9, 256, 8, 2048 in Mask2Former §4 and PRO-SCALE supp. A).
+    """
+    return Mask2Former(
+        backbone=backbone,
+        pixel_decoder=pixel_decoder,
+        transformer_decoder=MultiScaleMaskedTransformerDecoder(
+            in_channels=pixel_decoder.conv_dim,
+            hidden_dim=hidden_dim,
+            num_classes=num_classes,
+            num_queries=num_queries,
+            nheads=nheads,
+            dim_feedforward=dim_feedforward,
+            dec_layers=dec_layers,
+            mask_dim=pixel_decoder.mask_dim,
+        ),
+    )

@@ -17,15 +17,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from segblocks.blocks.proscale import LightPixelEmbedding, ProgressiveScaleEncoder
+from segblocks.ops._checks import check_int_sequence, check_module_dtype, check_positive_int, check_same, check_tensor
 
 __all__ = ["MSDeformPixelDecoder"]
 
 LEVELS = ("res2", "res3", "res4", "res5")
 
 
-def _conv_gn(in_ch: int, out_ch: int, kernel: int, groups: int, relu: bool) -> nn.Sequential:
-    conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False)
+def _conv_gn(in_ch: int, out_ch: int, kernel: int, groups: int, relu: bool, bias: bool = False) -> nn.Sequential:
+    conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
     nn.init.kaiming_uniform_(conv.weight, a=1)  # detectron2's c2_xavier_fill
+    if bias:
+        nn.init.zeros_(conv.bias)
     layers = [conv, nn.GroupNorm(groups, out_ch)]
     if relu:
         layers.append(nn.ReLU(inplace=True))
@@ -39,8 +42,9 @@ class MSDeformPixelDecoder(nn.Module):
         in_channels: backbone channels of res2..res5 (a list of four, or a dict keyed
             ``res2``..``res5``, e.g. a backbone's ``out_channels``).
         encoder: transformer encoder over the three coarsest levels (res5, res4, res3), e.g.
-            ``ProgressiveScaleEncoder(layers_per_stage=(0, 0, 6))`` for Mask2Former or
-            ``(3, 3, 3)`` (with ``token_recalibration=True``) for PRO-SCALE. Its ``d_model`` must equal ``conv_dim``.
+            ``ProgressiveScaleEncoder(layers_per_stage=(0, 0, 6), token_recalibration=False)`` for
+            Mask2Former or ``ProgressiveScaleEncoder()`` ((3, 3, 3) with TRC) for PRO-SCALE. Its
+            ``d_model`` must equal ``conv_dim``.
         pixel_embedding: what follows the res2 FPN merge: ``"conv"`` → Mask2Former's 3×3 conv +
             GroupNorm + ReLU; ``"lpe"`` → PRO-SCALE's :class:`LightPixelEmbedding` (max pool);
             ``"lpe_avg"`` → LPE with average pooling (supp. Table T3).
@@ -65,16 +69,27 @@ class MSDeformPixelDecoder(nn.Module):
         super().__init__()
         if isinstance(in_channels, Mapping):
             in_channels = [in_channels[k] for k in LEVELS]
+        owner = "MSDeformPixelDecoder"
+        in_channels = check_int_sequence(in_channels, "in_channels", owner=owner, minimum=1)
         if len(in_channels) != 4:
             raise ValueError(f"MSDeformPixelDecoder: in_channels must give res2..res5 (4 values), got {in_channels}")
-        self.in_channels = [int(c) for c in in_channels]
+        self.in_channels = list(in_channels)
+        conv_dim = check_positive_int(conv_dim, "conv_dim", owner=owner)
+        mask_dim = check_positive_int(mask_dim, "mask_dim", owner=owner)
+        num_groups = check_positive_int(num_groups, "num_groups", owner=owner)
+        if conv_dim % num_groups:
+            raise ValueError(f"{owner}: conv_dim={conv_dim} must be divisible by num_groups={num_groups}")
         if getattr(encoder, "d_model", conv_dim) != conv_dim:
             raise ValueError(f"MSDeformPixelDecoder: encoder d_model={encoder.d_model} must equal conv_dim={conv_dim}")
         if encoder.num_levels != 3:
             raise ValueError(f"MSDeformPixelDecoder: the encoder must cover 3 levels (res5..res3), got {encoder.num_levels}")
-        # coarse → fine: res5, res4, res3
+        # coarse → fine: res5, res4, res3. The 1×1 convs have a bias (then GroupNorm), as in
+        # Mask2Former (facebookresearch/Mask2Former, mask2former/modeling/pixel_decoder/msdeformattn.py,
+        # ``input_proj``: Conv2d(in, conv_dim, 1) with its default bias, zero-initialised) and in
+        # PRO-SCALE (abhishekaich27/proscale-pytorch, mask2former/modeling/pixel_decoder/proscale.py),
+        # so their checkpoints load with every key. The FPN's lateral/output convs have none.
         self.input_proj = nn.ModuleList(
-            _conv_gn(c, conv_dim, 1, num_groups, relu=False) for c in reversed(self.in_channels[1:])
+            _conv_gn(c, conv_dim, 1, num_groups, relu=False, bias=True) for c in reversed(self.in_channels[1:])
         )
         for proj in self.input_proj:
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
@@ -94,9 +109,22 @@ class MSDeformPixelDecoder(nn.Module):
         self.conv_dim = conv_dim
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        owner = "MSDeformPixelDecoder"
+        if not isinstance(features, Mapping):
+            raise TypeError(
+                f"{owner}: features must be a dict of backbone maps {LEVELS}, got {type(features).__name__}"
+            )
         missing = [k for k in LEVELS if k not in features]
         if missing:
             raise ValueError(f"MSDeformPixelDecoder: backbone features must contain {LEVELS}; missing {missing}")
+        batch = None
+        for k in LEVELS:
+            b = check_tensor(features[k], f"features[{k!r}]", owner=owner, shape=("B", "C", "H", "W"))[0]
+            if batch is not None and b != batch:
+                raise ValueError(f"{owner}: every backbone map must have the batch size B={batch} of res2, {k} has {b}")
+            batch = b
+        check_same({k: features[k] for k in LEVELS}, owner=owner)
+        check_module_dtype(features["res2"], self, "features", owner=owner)
         got = [features[k].shape[1] for k in LEVELS]
         if got != self.in_channels:
             raise ValueError(f"MSDeformPixelDecoder: expected backbone channels {self.in_channels} for {LEVELS}, got {got}")

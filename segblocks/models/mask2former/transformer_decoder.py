@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segblocks.layers.mlp import MLPHead
 from segblocks.layers.position_encoding import PositionEmbeddingSine
+from segblocks.ops._checks import check_module_dtype, check_positive_int, check_same, check_tensor
 
 __all__ = ["MultiScaleMaskedTransformerDecoder", "masked_attention_mask"]
 
@@ -98,20 +100,6 @@ class _FFNLayer(nn.Module):
         return tgt + out if self.pre_norm else self.norm(tgt + out)
 
 
-class _MLP(nn.Module):
-    """``num_layers`` linear layers with ReLU in between (the mask-embedding head)."""
-
-    def __init__(self, *, in_dim: int, hidden: int, out_dim: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
-        return x
-
-
 class MultiScaleMaskedTransformerDecoder(nn.Module):
     """Mask2Former's transformer decoder and class/mask prediction heads.
 
@@ -145,13 +133,19 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         num_feature_levels: int = 3,
     ) -> None:
         super().__init__()
+        owner = "MultiScaleMaskedTransformerDecoder"
+        sizes = dict(
+            in_channels=in_channels, hidden_dim=hidden_dim, num_classes=num_classes, num_queries=num_queries,
+            nheads=nheads, dim_feedforward=dim_feedforward, dec_layers=dec_layers, mask_dim=mask_dim,
+            num_feature_levels=num_feature_levels,
+        )
+        for name, value in sizes.items():  # positive ints: True, 2.5 or 0 would fail far from here
+            sizes[name] = check_positive_int(value, name, owner=owner)
+        in_channels, hidden_dim, num_classes = sizes["in_channels"], sizes["hidden_dim"], sizes["num_classes"]
+        num_queries, nheads, dim_feedforward = sizes["num_queries"], sizes["nheads"], sizes["dim_feedforward"]
+        dec_layers, mask_dim, num_feature_levels = sizes["dec_layers"], sizes["mask_dim"], sizes["num_feature_levels"]
         if hidden_dim % nheads or hidden_dim % 4:
             raise ValueError(f"hidden_dim must be divisible by nheads={nheads} and by 4, got {hidden_dim}")
-        if num_classes <= 0 or num_queries <= 0 or dec_layers <= 0 or num_feature_levels <= 0:
-            raise ValueError(
-                "num_classes, num_queries, dec_layers and num_feature_levels must be positive, got "
-                f"{num_classes}, {num_queries}, {dec_layers}, {num_feature_levels}"
-            )
         self.in_channels = in_channels
         self.mask_dim = mask_dim
         self.nheads = nheads
@@ -175,7 +169,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             for _ in range(num_feature_levels)
         )
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
-        self.mask_embed = _MLP(in_dim=hidden_dim, hidden=hidden_dim, out_dim=mask_dim, num_layers=3)
+        self.mask_embed = MLPHead(input_dim=hidden_dim, hidden_dim=hidden_dim, output_dim=mask_dim, num_layers=3)
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -209,6 +203,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         """
         self._check_inputs(features, mask_features)
         b = mask_features.shape[0]
+        if b == 0:  # empty batch: empty predictions of the documented shapes, graph kept
+            zero = self.query_feat.sum() * 0
+            logits = mask_features.new_zeros(0, self.query_feat.shape[0], self.class_embed.out_features) + zero
+            masks = mask_features.new_zeros(0, self.query_feat.shape[0], *mask_features.shape[-2:]) + zero
+            aux = [{"pred_logits": logits, "pred_masks": masks} for _ in range(len(self.cross_layers))]
+            return {"pred_logits": logits, "pred_masks": masks, "aux_outputs": aux}
         memories, positions, sizes = [], [], []
         for i, x in enumerate(features):
             sizes.append(tuple(x.shape[-2:]))
@@ -245,15 +245,19 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         return logits, masks, masked_attention_mask(masks, size, self.nheads)
 
     def _check_inputs(self, features: Sequence[torch.Tensor], mask_features: torch.Tensor) -> None:
-        if len(features) != self.num_feature_levels:
-            raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(features)}")
-        if mask_features.dim() != 4 or mask_features.shape[1] != self.mask_dim:
-            raise ValueError(
-                f"mask_features must be (B, {self.mask_dim}, H, W), got {tuple(mask_features.shape)}"
-            )
+        owner = "MultiScaleMaskedTransformerDecoder"
+        if isinstance(features, torch.Tensor) or len(features) != self.num_feature_levels:
+            got = "a tensor" if isinstance(features, torch.Tensor) else len(features)
+            raise ValueError(f"expected {self.num_feature_levels} feature levels, got {got}")
+        check_tensor(mask_features, "mask_features", owner=owner, shape=("B", self.mask_dim, "H", "W"))
         for i, x in enumerate(features):
-            if x.dim() != 4 or x.shape[0] != mask_features.shape[0] or x.shape[1] != self.in_channels:
+            check_tensor(x, f"features[{i}]", owner=owner, ndim=4)
+            if x.shape[0] != mask_features.shape[0] or x.shape[1] != self.in_channels:
                 raise ValueError(
                     f"features[{i}] must be (B={mask_features.shape[0]}, {self.in_channels}, H, W), "
                     f"got {tuple(x.shape)}"
                 )
+            if x.shape[-2] == 0 or x.shape[-1] == 0:
+                raise ValueError(f"{owner}: features[{i}] has an empty {tuple(x.shape[-2:])} map; need H, W >= 1")
+        check_same({"mask_features": mask_features, **{f"features[{i}]": x for i, x in enumerate(features)}}, owner=owner)
+        check_module_dtype(mask_features, self, "mask_features", owner=owner)

@@ -27,13 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segblocks.models.backbones.swin import window_partition, window_unpartition
-from segblocks.models.sam.common import LayerNorm2d, MLPBlock
+from segblocks.layers.mlp import MLPBlock
+from segblocks.layers.norm import LayerNorm2d
+from segblocks.layers.patch_embed import PatchEmbed
+from segblocks.layers.window import window_partition, window_unpartition
 
 __all__ = [
     "Attention",
     "Block",
-    "PatchEmbed",
     "ViTImageEncoder",
     "decomposed_rel_pos_bias",
     "resize_pos_embed",
@@ -185,25 +186,10 @@ class Block(nn.Module):
     def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         m = self.window_size
-        ph, pw = (m - h % m) % m, (m - w % m) % m
-        x = F.pad(x, (0, 0, 0, pw, 0, ph))  # B x Hp x Wp x C, zero tokens at the bottom/right
-        hp, wp = h + ph, w + pw
-        windows = window_partition(x, m)  # B x nW x M² x C
+        windows = window_partition(x, m)  # B x nW x M² x C, zero tokens pad the bottom/right
         n_win = windows.shape[1]
         windows = self.attn(windows.reshape(b * n_win, m, m, c))  # (B·nW) x M x M x C
-        x = window_unpartition(windows.reshape(b, n_win, m * m, c), m, hp, wp)  # B x Hp x Wp x C
-        return x[:, :h, :w]
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping patch embedding: (B, C_in, H, W) -> (B, H/p, W/p, C) channels-last."""
-
-    def __init__(self, *, patch_size: int, in_chans: int, embed_dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)  # B x h x w x C
+        return window_unpartition(windows.reshape(b, n_win, m * m, c), m, (h, w))  # B x h x w x C
 
 
 class ViTImageEncoder(nn.Module):

@@ -19,7 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from segblocks.models.sam.common import MLP, LayerNorm2d
+from segblocks.layers.mlp import MLPHead
+from segblocks.layers.norm import LayerNorm2d
 from segblocks.models.sam.prompt_encoder import PromptEmbeddings
 from segblocks.models.sam.transformer import TwoWayTransformer
 
@@ -87,10 +88,10 @@ class MaskDecoder(nn.Module):
             nn.GELU(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(input_dim=transformer_dim, hidden_dim=transformer_dim, output_dim=transformer_dim // 8, num_layers=3)
+            MLPHead(input_dim=transformer_dim, hidden_dim=transformer_dim, output_dim=transformer_dim // 8, num_layers=3)
             for _ in range(self.num_mask_tokens)
         )
-        self.iou_prediction_head = MLP(
+        self.iou_prediction_head = MLPHead(
             input_dim=transformer_dim,
             hidden_dim=iou_head_hidden_dim,
             output_dim=self.num_mask_tokens,

@@ -1,47 +1,30 @@
 """SAM-style pre- and post-processing (Segment Anything §3 and App. A).
 
-Pre-processing: resize so the longest side is ``T`` (optional here: SAM-style dataset transforms
-may already do it), normalize with the ImageNet mean/std on the 0–255 scale, then zero-pad at the
-bottom/right, either to a multiple of 16 (any aspect ratio, this library's default) or to
-``T × T`` (SAM's 1024 × 1024). Normalizing before padding makes the padding the mean colour, as in
-SAM and the mmseg preprocessors of HRSAM/FocSAM.
+Pre-processing: resize so the longest side is ``T`` (done before :class:`SamPreprocess`, by the
+dataset transform or :func:`segblocks.ops.geometry.resize_longest_side` — SAM's
+``ResizeLongestSide`` is ``resize_longest_side(images, 1024, antialias=True)``), normalize with the
+ImageNet mean/std on the 0–255 scale, then zero-pad at the bottom/right, either to ``T × T``
+(SAM's 1024 × 1024, ``pad_size``) or to a multiple of 16 (any aspect ratio, ``size_divisor``).
+Normalizing before padding makes the padding the mean colour, as in SAM
+(facebookresearch/segment-anything, ``Sam.preprocess``) and the mmseg preprocessors of HRSAM/FocSAM.
 
 Post-processing: upscale the stride-4 logits to the padded input, crop the valid region and
-optionally resize to the original image size (bilinear, ``align_corners=False``).
+optionally resize to the original image size (bilinear, ``align_corners=False``). The geometry is
+:mod:`segblocks.ops.geometry`.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from segblocks.interactive.encodings import longest_side_shape
+from segblocks.ops.geometry import crop_and_resize_back, pad_bottom_right, padded_size, resize
 
-__all__ = ["PIXEL_MEAN", "PIXEL_STD", "SamPreprocess", "postprocess_masks", "resize_longest_side"]
+__all__ = ["PIXEL_MEAN", "PIXEL_STD", "SamPreprocess", "postprocess_masks"]
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-def resize_longest_side(images: torch.Tensor, longest_side: int, *, antialias: bool = True) -> torch.Tensor:
-    """Bilinearly resize images so their longer side is ``longest_side`` (aspect ratio kept).
-
-    Args:
-        images: (B, C, H, W) float.
-        longest_side: target ``T``.
-        antialias: low-pass when downscaling (as SAM's torch resize does).
-
-    Returns:
-        (B, C, H', W') with ``(H', W') = longest_side_shape(H, W, T)``.
-    """
-    if images.dim() != 4 or not images.dtype.is_floating_point:
-        raise ValueError(f"images must be a float (B, C, H, W) tensor; got {images.dtype} {tuple(images.shape)}")
-    size = longest_side_shape(images.shape[-2], images.shape[-1], longest_side)
-    if size == tuple(images.shape[-2:]):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=antialias)
 
 
 class SamPreprocess(nn.Module):
@@ -50,7 +33,9 @@ class SamPreprocess(nn.Module):
     Args:
         pixel_mean, pixel_std: per-channel statistics on the 0–255 scale (RGB order).
         size_divisor: pad height and width up to a multiple of this (the encoder's patch size).
-        pad_size: if given, pad to ``pad_size × pad_size`` instead (SAM: 1024); larger inputs raise.
+        pad_size: if given, pad to ``pad_size × pad_size`` instead, as SAM does (1024, the
+            encoder's ``img_size``; :func:`~segblocks.models.sam.sam_vit_b`'s default); larger
+            inputs raise, so resize the longest side to ``pad_size`` first.
 
     Shapes:
         images: (B, C, H, W) float in [0, 255] -> (B, C, Hp, Wp).
@@ -76,13 +61,8 @@ class SamPreprocess(nn.Module):
         self.pad_size = pad_size
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(Hp, Wp)`` an ``H × W`` input is padded to."""
-        if self.pad_size is not None:
-            if max(height, width) > self.pad_size:
-                raise ValueError(f"image {height}x{width} is larger than pad_size {self.pad_size}; resize it first")
-            return self.pad_size, self.pad_size
-        d = self.size_divisor
-        return -(-height // d) * d, -(-width // d) * d
+        """``(Hp, Wp)`` an ``H × W`` input is padded to (:func:`segblocks.ops.geometry.padded_size`)."""
+        return padded_size(height, width, size_divisor=self.size_divisor, pad_size=self.pad_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != self.pixel_mean.shape[0]:
@@ -96,7 +76,7 @@ class SamPreprocess(nn.Module):
             raise ValueError(f"images must be non-empty; got {h}x{w}")
         hp, wp = self.padded_size(h, w)
         x = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
-        return F.pad(x, (0, wp - w, 0, hp - h))  # B x C x Hp x Wp, zeros at the bottom/right
+        return pad_bottom_right(x, (hp, wp))  # B x C x Hp x Wp, zeros at the bottom/right
 
 
 def postprocess_masks(
@@ -119,7 +99,5 @@ def postprocess_masks(
     h, w = input_size
     if not (0 < h <= padded[0] and 0 < w <= padded[1]):
         raise ValueError(f"input_size {tuple(input_size)} must fit in the padded size {padded}")
-    x = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[..., :h, :w]
-    if original_size is not None and tuple(original_size) != (h, w):
-        x = F.interpolate(x, size=tuple(original_size), mode="bilinear", align_corners=False)
-    return x
+    x = resize(logits, padded)  # B x M x Hp x Wp
+    return crop_and_resize_back(x, (h, w), (h, w) if original_size is None else original_size)

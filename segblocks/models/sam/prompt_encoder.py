@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from segblocks.models.sam.common import LayerNorm2d
+from segblocks.layers.norm import LayerNorm2d
 
 __all__ = ["PromptEmbeddings", "PromptEncoder", "RandomFourierEncoding"]
 

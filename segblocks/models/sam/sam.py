@@ -5,28 +5,38 @@ once per image, :meth:`SamModel.decode` runs the light prompt encoder + mask dec
 click (SAM §3 "Efficiency"; FocSAM §3.1). Any encoder mapping ``(B, 3, H, W)`` to
 ``(B, C, H/16, W/16)`` can be injected (HRSAM replaces the ViT and keeps the rest).
 
-Factories build SAM's ViT-B configuration and a small CPU-trainable configuration; a local
-checkpoint with the official key names can be loaded (nothing is downloaded).
+Registered factories (:func:`segblocks.models.create_model`) build SAM's ViT-B configuration, a
+small CPU-trainable configuration, their image encoders and their prompt-encoder + mask-decoder
+halves; a local checkpoint with the official key names loads with ``checkpoint=`` (nothing is
+downloaded; SAM's box-corner embeddings are ignored, the prompt encoder takes clicks only).
 """
 from __future__ import annotations
 
-import logging
-import os
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from segblocks.models.backbones.checkpoint import read_state_dict
+from segblocks.models._registry import register_model
 from segblocks.models.sam.image_encoder import ViTImageEncoder
 from segblocks.models.sam.mask_decoder import MaskDecoder, MaskDecoderOutput
 from segblocks.models.sam.preprocess import SamPreprocess, postprocess_masks
 from segblocks.models.sam.prompt_encoder import PromptEncoder
 from segblocks.models.sam.transformer import TwoWayTransformer
 
-__all__ = ["SamModel", "SamState", "load_sam_checkpoint", "sam_tiny", "sam_vit_b"]
-
-logger = logging.getLogger(__name__)
+__all__ = [
+    "SamDecoder",
+    "SamModel",
+    "SamState",
+    "sam_from_parts",
+    "sam_tiny",
+    "sam_tiny_decoder",
+    "sam_tiny_encoder",
+    "sam_vit_b",
+    "sam_vit_b_decoder",
+    "sam_vit_b_encoder",
+    "sam_vit_h_encoder",
+]
 
 # SAM's box-corner embeddings; clicks-only models have no parameters for them.
 _BOX_KEYS = ("prompt_encoder.point_embeddings.2.weight", "prompt_encoder.point_embeddings.3.weight")
@@ -57,6 +67,9 @@ class SamModel(nn.Module):
             multiple of the stride).
     """
 
+    #: SAM's box-corner embeddings in official files: clicks-only models have no slot for them.
+    checkpoint_ignore_keys = _BOX_KEYS
+
     def __init__(
         self,
         *,
@@ -81,7 +94,8 @@ class SamModel(nn.Module):
 
         Args:
             images: (B, 3, H, W) float RGB on the 0–255 scale, already resized (e.g. with
-                :func:`~segblocks.models.sam.preprocess.resize_longest_side`).
+                :func:`segblocks.ops.geometry.resize_longest_side`; SAM:
+                ``resize_longest_side(images, 1024, antialias=True)``).
 
         Returns:
             :class:`SamState` with (B, C, Hp/16, Wp/16) embeddings and ``input_size=(H, W)``.
@@ -144,109 +158,138 @@ class SamModel(nn.Module):
         return self.decode(self.encode(images), points, labels, previous_logits, multimask_output)
 
 
-def load_sam_checkpoint(
-    model: SamModel, path: str | os.PathLike, *, prefix: str = "", strict: bool = False
-) -> tuple[list[str], list[str]]:
-    """Load a local SAM checkpoint (official key names) into ``model``.
+class SamDecoder(nn.Module):
+    """SAM's prompt encoder and mask decoder without an image encoder (HRSAM §3.1 keeps exactly these).
 
-    Box-corner embeddings are dropped (clicks only). ``pos_embed`` and relative tables stored at
-    another grid are resized by the encoder's load hook. Missing/unexpected keys are logged as a
-    warning, or raised with ``strict=True``.
+    Built alone so that a model with another image encoder (HRSAM) never constructs a ViT only to
+    discard it. Its keys are ``prompt_encoder.*`` / ``mask_decoder.*`` as in a whole SAM file; a
+    whole-SAM checkpoint loads into it (its ``image_encoder.*`` keys and box-corner embeddings are
+    ignored by design), e.g. ``sam_vit_b_decoder(checkpoint="sam_vit_h_4b8939.pth")`` (the ViT-B,
+    -L and -H decoders are all the same 256-d module).
 
     Args:
-        model: target model.
-        path: ``.pth``/``.pt``/``.ckpt`` file (see :func:`~segblocks.models.backbones.checkpoint.read_state_dict`).
-        prefix: strip this prefix from the file's keys (e.g. ``"model."`` for Lightning).
-        strict: raise ``ValueError`` on missing or unexpected keys.
-
-    Returns:
-        ``(missing_keys, unexpected_keys)``.
+        prompt_encoder: :class:`PromptEncoder` of width ``C``.
+        mask_decoder: :class:`MaskDecoder` of width ``C``.
     """
-    state = {k: v for k, v in read_state_dict(path, prefix=prefix).items() if k not in _BOX_KEYS}
-    if not model.state_dict().keys() & state.keys():
-        raise ValueError(f"checkpoint {path}: none of its keys matches SamModel (first key {next(iter(state))!r})")
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # size mismatches
-        raise ValueError(f"checkpoint {path}: {err}") from err
-    if result.missing_keys or result.unexpected_keys:
-        msg = (
-            f"checkpoint {path}: {len(result.missing_keys)} missing keys {result.missing_keys}; "
-            f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys}"
-        )
-        if strict:
-            raise ValueError(msg)
-        logger.warning(msg)
-    return result
+
+    checkpoint_ignore_keys = ("image_encoder.*", *_BOX_KEYS)
+
+    def __init__(self, *, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder) -> None:
+        super().__init__()
+        if prompt_encoder.embed_dim != mask_decoder.transformer_dim:
+            raise ValueError(
+                f"prompt_encoder.embed_dim ({prompt_encoder.embed_dim}) must equal "
+                f"mask_decoder.transformer_dim ({mask_decoder.transformer_dim})"
+            )
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+
+    @property
+    def embed_dim(self) -> int:
+        """Width ``C`` the image embeddings must have."""
+        return self.prompt_encoder.embed_dim
 
 
-def _build_sam(
-    *,
-    encoder: ViTImageEncoder,
-    prompt_dim: int,
-    decoder_heads: int,
-    decoder_mlp_dim: int,
-    iou_head_hidden_dim: int,
-    checkpoint: str | os.PathLike | None,
-    strict: bool,
-) -> SamModel:
-    grid = encoder.img_size // encoder.patch_size
-    model = SamModel(
-        image_encoder=encoder,
-        prompt_encoder=PromptEncoder(
-            embed_dim=prompt_dim, image_embedding_size=(grid, grid), input_image_size=(encoder.img_size,) * 2
-        ),
+def _vit_encoder(**kwargs) -> ViTImageEncoder:
+    return ViTImageEncoder(**kwargs)
+
+
+def _decoder(*, dim: int, heads: int, mlp_dim: int, iou_hidden: int, grid: int, input_size: int) -> SamDecoder:
+    return SamDecoder(
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(input_size,) * 2),
         mask_decoder=MaskDecoder(
-            transformer_dim=prompt_dim,
-            transformer=TwoWayTransformer(
-                depth=2, embedding_dim=prompt_dim, num_heads=decoder_heads, mlp_dim=decoder_mlp_dim
-            ),
+            transformer_dim=dim,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=dim, num_heads=heads, mlp_dim=mlp_dim),
             num_multimask_outputs=3,
             iou_head_depth=3,
-            iou_head_hidden_dim=iou_head_hidden_dim,
+            iou_head_hidden_dim=iou_hidden,
         ),
     )
-    if checkpoint is not None:
-        load_sam_checkpoint(model, checkpoint, strict=strict)
-    return model
 
 
-def sam_vit_b(*, checkpoint: str | os.PathLike | None = None, strict: bool = False) -> SamModel:
-    """SAM with the ViT-B encoder (768-d, 12 blocks, 12 heads, window 14, global 2/5/8/11; SAM App. A).
+def sam_from_parts(*, image_encoder: nn.Module, decoder: SamDecoder, preprocess: SamPreprocess | None = None) -> SamModel:
+    """A :class:`SamModel` from an image encoder and a :class:`SamDecoder` (their widths must agree)."""
+    width = getattr(image_encoder, "out_chans", decoder.embed_dim)
+    if width != decoder.embed_dim:
+        raise ValueError(
+            f"the image encoder's out_chans ({width}) must equal the decoder width ({decoder.embed_dim})"
+        )
+    return SamModel(
+        image_encoder=image_encoder, prompt_encoder=decoder.prompt_encoder, mask_decoder=decoder.mask_decoder,
+        preprocess=preprocess,
+    )
 
-    Args:
-        checkpoint: optional local file, e.g. the official ``sam_vit_b_01ec64.pth``.
-        strict: raise on missing/unexpected checkpoint keys.
+
+@register_model
+def sam_vit_b_encoder() -> ViTImageEncoder:
+    """SAM's ViT-B image encoder (768-d, 12 blocks, 12 heads, window 14, global 2/5/8/11; SAM App. A).
+
+    From an official SAM file: ``checkpoint_prefix="image_encoder."``.
     """
-    encoder = ViTImageEncoder(
+    return _vit_encoder(
         img_size=1024, embed_dim=768, depth=12, num_heads=12, window_size=14, global_attn_indexes=(2, 5, 8, 11)
     )
-    return _build_sam(
-        encoder=encoder,
-        prompt_dim=256,
-        decoder_heads=8,
-        decoder_mlp_dim=2048,
-        iou_head_hidden_dim=256,
-        checkpoint=checkpoint,
-        strict=strict,
+
+
+@register_model
+def sam_vit_h_encoder() -> ViTImageEncoder:
+    """SAM's ViT-H image encoder (1280-d, 32 blocks, 16 heads, global 7/15/23/31; SAM App. A), HRSAM's teacher.
+
+    From the official ``sam_vit_h_4b8939.pth``: ``checkpoint_prefix="image_encoder."``.
+    """
+    return _vit_encoder(
+        img_size=1024, embed_dim=1280, depth=32, num_heads=16, window_size=14, global_attn_indexes=(7, 15, 23, 31)
     )
 
 
-def sam_tiny(*, checkpoint: str | os.PathLike | None = None, strict: bool = False) -> SamModel:
+@register_model
+def sam_tiny_encoder() -> ViTImageEncoder:
+    """The image encoder of :func:`sam_tiny` (not from the paper): 96-d, 4 blocks, 3 heads, window 8, 64-d neck."""
+    return _vit_encoder(
+        img_size=256, embed_dim=96, depth=4, num_heads=3, out_chans=64, window_size=8, global_attn_indexes=(1, 3)
+    )
+
+
+@register_model
+def sam_vit_b_decoder() -> SamDecoder:
+    """SAM's prompt encoder + mask decoder (256-d, two-way depth 2, 8 heads, MLP 2048, IoU head 3×256; SAM App. A).
+
+    The same module in SAM ViT-B, -L and -H, so any official SAM file loads into it.
+    """
+    return _decoder(dim=256, heads=8, mlp_dim=2048, iou_hidden=256, grid=64, input_size=1024)
+
+
+@register_model
+def sam_tiny_decoder() -> SamDecoder:
+    """The prompt encoder + mask decoder of :func:`sam_tiny` (not from the paper): 64-d, 4 heads, MLP 256."""
+    return _decoder(dim=64, heads=4, mlp_dim=256, iou_hidden=64, grid=16, input_size=256)
+
+
+@register_model
+def sam_vit_b(*, pad_to_square: bool = True) -> SamModel:
+    """SAM with the ViT-B encoder (:func:`sam_vit_b_encoder` + :func:`sam_vit_b_decoder`; SAM App. A).
+
+    The official ``sam_vit_b_01ec64.pth`` loads with ``checkpoint=`` (its box-corner embeddings
+    are ignored: the prompt encoder takes clicks only).
+
+    Args:
+        pad_to_square: pad every input to 1024 × 1024 as SAM does (``Sam.preprocess`` after
+            ``ResizeLongestSide(1024)``), so that an official checkpoint reproduces SAM's outputs on
+            non-square images — the absolute position embedding and the global blocks' relative
+            tables then see SAM's 64 × 64 grid. Inputs must already have their longest side
+            resized to at most 1024 (:func:`segblocks.ops.geometry.resize_longest_side`).
+            ``False`` pads only to a multiple of 16 (less compute on non-square inputs; the
+            embeddings are resized to the smaller grid, which official weights were not trained on).
+    """
+    preprocess = SamPreprocess(pad_size=1024) if pad_to_square else SamPreprocess(size_divisor=16)
+    return sam_from_parts(image_encoder=sam_vit_b_encoder(), decoder=sam_vit_b_decoder(), preprocess=preprocess)
+
+
+@register_model
+def sam_tiny() -> SamModel:
     """A small SAM for CPU training on 128–256 px images (not from the paper).
 
     Encoder: 96-d, 4 blocks, 3 heads, window 8, global blocks 1 and 3, 64-d neck, position
     embedding stored for 256 px. Decoder: 64-d, 4 heads, MLP 256.
     """
-    encoder = ViTImageEncoder(
-        img_size=256, embed_dim=96, depth=4, num_heads=3, out_chans=64, window_size=8, global_attn_indexes=(1, 3)
-    )
-    return _build_sam(
-        encoder=encoder,
-        prompt_dim=64,
-        decoder_heads=4,
-        decoder_mlp_dim=256,
-        iou_head_hidden_dim=64,
-        checkpoint=checkpoint,
-        strict=strict,
-    )
+    return sam_from_parts(image_encoder=sam_tiny_encoder(), decoder=sam_tiny_decoder())

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segblocks.models.sam.common import MLPBlock
+from segblocks.layers.mlp import MLPBlock
 
 __all__ = ["Attention", "TwoWayAttentionBlock", "TwoWayTransformer"]
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from segblocks.ops._checks import check_tensor
 from segblocks.ops._dispatch import Backend, dispatch, explain, triton_usable
 from segblocks.ops.ms_deform_attn.naive import ms_deform_attn_pytorch
 
@@ -63,15 +64,12 @@ def _validate(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> None:
-    for name, t in (("value", value), ("sampling_locations", sampling_locations), ("attention_weights", attention_weights)):
-        if not t.is_floating_point():
-            raise TypeError(f"ms_deform_attn: {name} must be floating point, got {t.dtype}")
-    for name, t in (("spatial_shapes", spatial_shapes), ("level_start_index", level_start_index)):
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(f"ms_deform_attn: {name} must be an integer tensor, got {t.dtype}")
-    if value.dim() != 4:
-        raise ValueError(f"ms_deform_attn: value must be (B, S, M, D), got shape {tuple(value.shape)}")
-    B, S, M, _ = value.shape
+    op = "ms_deform_attn"
+    B, S, M, _ = check_tensor(value, "value", owner=op, shape=("B", "S", "M", "D"))
+    check_tensor(sampling_locations, "sampling_locations", owner=op)
+    check_tensor(attention_weights, "attention_weights", owner=op)
+    check_tensor(spatial_shapes, "spatial_shapes", owner=op, dtype="integer")
+    check_tensor(level_start_index, "level_start_index", owner=op, dtype="integer")
     if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2 or spatial_shapes.shape[0] == 0:
         raise ValueError(f"ms_deform_attn: spatial_shapes must be (L, 2) with L >= 1, got {tuple(spatial_shapes.shape)}")
     L = spatial_shapes.shape[0]
@@ -95,6 +93,8 @@ def _validate(
     devices = {t.device for t in (value, sampling_locations, attention_weights)}
     if len(devices) > 1:
         raise ValueError(f"ms_deform_attn: value, sampling_locations, attention_weights on different devices {devices}")
+    if spatial_shapes.device.type != "cpu" or level_start_index.device.type != "cpu":
+        return  # reading the values of device tensors would synchronise with the host: shapes only
     shapes = spatial_shapes.tolist()
     if any(h < 1 or w < 1 for h, w in shapes):
         raise ValueError(f"ms_deform_attn: every level needs H, W >= 1, got spatial_shapes {shapes}")
@@ -148,7 +148,10 @@ def ms_deform_attn(
         ``(B, Lq, M * D)`` in ``value.dtype`` (computed with float32 accumulation).
 
     Raises:
-        TypeError / ValueError: malformed inputs.
+        TypeError / ValueError: malformed inputs. Shapes and dtypes are always checked; the
+            *values* of ``spatial_shapes`` / ``level_start_index`` (sizes >= 1, sum ``S``,
+            starts) only when they are on the CPU, since reading device tensors would
+            synchronise with the host.
         segblocks.ops._dispatch.BackendUnavailable: no backend (or not the named one) can run
             them; the message lists every refusal (see :func:`explain_ms_deform_attn`).
     """

@@ -45,6 +45,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
+from segblocks.ops._checks import check_int_sequence, check_same, check_tensor
 from segblocks.ops._dispatch import Backend, dispatch, explain, triton_usable
 
 __all__ = ["SeqLens", "VARLEN_ATTENTION_BACKENDS", "explain_varlen_attention", "varlen_attention"]
@@ -53,15 +54,9 @@ _TRITON_MAX_HEAD_DIM = 128
 
 
 def _lengths(name: str, seqlens: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(seqlens, torch.Tensor):
-        seqlens = seqlens.tolist()
-    try:
-        out = tuple(int(n) for n in seqlens)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a sequence of ints, got {seqlens!r}") from None
-    if any(n < 0 for n in out):
-        raise ValueError(f"{name} must be non-negative, got {list(out)}")
-    return out
+    # an integer tensor of lengths is read once (its values define the layout); floats and
+    # bools are refused instead of being truncated
+    return check_int_sequence(seqlens, name, owner="SeqLens", minimum=0)
 
 
 def _starts(seqlens: tuple[int, ...]) -> tuple[int, ...]:
@@ -255,14 +250,8 @@ VARLEN_ATTENTION_BACKENDS: tuple[Backend, ...] = (
 def _prepare(q, k, v, q_seqlens, kv_seqlens) -> SeqLens:
     """Validate the inputs and return the mask description on ``q.device``."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"varlen_attention: {name} must be a floating point tensor, got {getattr(t, 'dtype', type(t))}")
-        if t.dim() != 3:
-            raise ValueError(f"varlen_attention: {name} must be (N, H, D), got shape {tuple(t.shape)}")
-    if not q.dtype == k.dtype == v.dtype:
-        raise TypeError(f"varlen_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not q.device == k.device == v.device:
-        raise ValueError(f"varlen_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+        check_tensor(t, name, owner="varlen_attention", shape=("N", "H", "D"))
+    check_same({"q": q, "k": k, "v": v}, owner="varlen_attention")
     if k.shape != v.shape or k.shape[1:] != q.shape[1:]:
         raise ValueError(
             "varlen_attention: expected q (Nq, H, D) and k, v (Nkv, H, D) with the same H and D, "
