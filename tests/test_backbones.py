@@ -17,13 +17,13 @@ from segblocks.models.backbones import (
     SwinTransformer,
     TimmBackbone,
     TinyBackbone,
-    load_checkpoint,
     swin_tiny,
 )
+from segblocks.models import load_checkpoint
 from segblocks.models.backbones.swin import SwinBlock, relative_position_index
 
 STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
-CKPT_LOGGER = "segblocks.models.backbones.checkpoint"
+CKPT_LOGGER = "segblocks.models.checkpoint"
 
 
 def small_swin(**kw) -> SwinTransformer:
@@ -246,11 +246,11 @@ def test_torchvision_checkpoint_into_frozen_bn_resnet(tmp_path, caplog):
     state = dict(reference.state_dict(), **{"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)})
     path = tmp_path / "resnet50-torchvision.pth"
     torch.save(state, path)
+    model = ResNet50()  # FrozenBN default
     with caplog.at_level(logging.WARNING, logger=CKPT_LOGGER):
-        model = ResNet50(checkpoint=str(path))  # FrozenBN default
-    (record,) = caplog.records
-    assert "fc.weight" in record.message and "fc.bias" in record.message
-    assert "num_batches_tracked" not in record.message and "0 missing keys" in record.message
+        report = load_checkpoint(model, path)  # strict: the classifier is ignored by declaration
+    assert not caplog.records and report.ignored_keys == ["fc.weight", "fc.bias"]
+    assert report.missing_keys == [] and report.unexpected_keys == []  # num_batches_tracked dropped by FrozenBN
     images = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
         expected, got = reference.eval()(images), model.eval()(images)
@@ -314,7 +314,9 @@ def test_checkpoint_round_trip(tmp_path, caplog, make, suffix, wrap, prefix):
     path = tmp_path / f"weights{suffix}"
     torch.save(wrap(source.state_dict()), path)
     with caplog.at_level(logging.WARNING, logger=CKPT_LOGGER):
-        loaded = make(checkpoint=str(path), checkpoint_prefix=prefix, checkpoint_strict=True).eval()
+        loaded = make()
+        load_checkpoint(loaded, path, prefix=prefix)
+        loaded.eval()
     assert not caplog.records
     images = torch.randn(2, 3, 50, 45)
     with torch.no_grad():
@@ -329,39 +331,40 @@ def test_checkpoint_missing_and_unexpected_keys(tmp_path, caplog):
     state["extra.weight"] = torch.zeros(3)
     path = tmp_path / "partial.pth"
     torch.save(state, path)
+    model = TinyBackbone()
     with caplog.at_level(logging.WARNING, logger=CKPT_LOGGER):
-        model = TinyBackbone(checkpoint=str(path))
+        load_checkpoint(model, path, strict=False)
     (record,) = caplog.records
     assert "stem.0.weight" in record.message and "extra.weight" in record.message and str(path) in record.message
     torch.testing.assert_close(model.stages[0][0][0].weight, state["stages.0.0.0.weight"], rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"1 missing keys \['stem.0.weight'\].*extra.weight"):
-        TinyBackbone(checkpoint=str(path), checkpoint_strict=True)
+        load_checkpoint(TinyBackbone(), path)
 
 
 def test_checkpoint_file_errors(tmp_path):
     missing = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        TinyBackbone(checkpoint=str(missing))
+        load_checkpoint(TinyBackbone(), missing)
     bad_suffix = tmp_path / "weights.pkl"
     bad_suffix.write_bytes(b"x")
     with pytest.raises(ValueError, match="weights.pkl"):
-        TinyBackbone(checkpoint=str(bad_suffix))
+        load_checkpoint(TinyBackbone(), bad_suffix)
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="corrupt.pth"):
-        TinyBackbone(checkpoint=str(corrupt))
+        load_checkpoint(TinyBackbone(), corrupt)
 
 
 def test_checkpoint_shape_mismatch_and_prefix_hint(tmp_path):
     path = tmp_path / "wide.pth"
     torch.save(TinyBackbone(widths=(16, 64, 128, 256)).state_dict(), path)
-    with pytest.raises(ValueError, match="shape mismatch.*stem.0.weight"):
-        TinyBackbone(checkpoint=str(path))
+    with pytest.raises(ValueError, match="(?s)shapes do not match.*stem.0.weight"):
+        load_checkpoint(TinyBackbone(), path)
     prefixed = tmp_path / "prefixed.pth"
     torch.save({f"backbone.{k}": v for k, v in TinyBackbone().state_dict().items()}, prefixed)
-    with pytest.raises(ValueError, match="try prefix 'backbone.'"):
-        TinyBackbone(checkpoint=str(prefixed))
-    with pytest.raises(ValueError, match="no key starts with prefix 'body.'"):
+    with pytest.raises(ValueError, match="try checkpoint_prefix='backbone.'"):
+        load_checkpoint(TinyBackbone(), prefixed)
+    with pytest.raises(ValueError, match="no key starts with checkpoint_prefix 'body.'"):
         load_checkpoint(TinyBackbone(), prefixed, prefix="body.")
 
 
@@ -386,9 +389,8 @@ def test_swin_official_checkpoint_layout(tmp_path, caplog):
     path = tmp_path / "swin.pth"
     torch.save({"model": state}, path)
     with caplog.at_level(logging.WARNING, logger=CKPT_LOGGER):
-        small_swin(checkpoint=str(path))
-    (record,) = caplog.records
-    assert "['head.weight']" in record.message and "attn_mask" not in record.message
+        report = load_checkpoint(small_swin(), path)  # strict: the classification head is ignored by declaration
+    assert not caplog.records and report.ignored_keys == ["head.weight"] and not report.unexpected_keys
 
 
 # --------------------------------------------------------------------------- timm

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def _tiny_args(tmp_path: Path, cache_dir: Path | None = None) -> list[str]:
+    # only default_root_dir: the recipe's loggers and checkpoints follow it (version_N/, last.ckpt link)
     return [
         f"--trainer.default_root_dir={tmp_path}",
         "--trainer.max_steps=2",
@@ -23,11 +24,6 @@ def _tiny_args(tmp_path: Path, cache_dir: Path | None = None) -> list[str]:
         "--trainer.limit_val_batches=1",
         "--trainer.check_val_every_n_epoch=1",
         "--trainer.enable_progress_bar=false",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-        f"--trainer.logger.save_dir={tmp_path}",
-        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
-        f"--trainer.callbacks.dirpath={tmp_path}/ckpt",
-        "--trainer.callbacks.save_last=true",
         f"--data.cache_dir={cache_dir or tmp_path / 'cache'}",
         "--data.synthetic_num_train=4",
         "--data.synthetic_num_val=2",
@@ -67,8 +63,8 @@ def _val_metrics(rows: list[dict]) -> dict[str, float]:
 def test_recipe_fit_then_validate_reproduces_metrics(recipe, tmp_path):
     fit_dir, val_dir = tmp_path / "fit", tmp_path / "validate"
     _run(["fit", "-c", f"recipes/{recipe}", *_tiny_args(fit_dir, tmp_path / "cache")], "lightning")
-    ckpt = fit_dir / "ckpt" / "last.ckpt"
-    assert ckpt.is_file()
+    ckpt = fit_dir / "last.ckpt"
+    assert ckpt.is_file() and ckpt.resolve().parent == fit_dir / "version_0" / "checkpoints"
     rows = _csv_metrics(fit_dir)
     assert any(r.get("train/loss") for r in rows), rows
     fit_metrics = _val_metrics(rows)
@@ -93,10 +89,11 @@ def test_ddp_two_cpu_processes(tmp_path):
          "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"],
         "module",
     )
-    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    assert (tmp_path / "last.ckpt").is_file()
 
 
 def test_lightning_script_forwards_other_subcommands(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the forwarding rewrites sys.argv
     monkeypatch.setattr(cli, "_lightning_sdk_entry", lambda: None)
     with pytest.raises(SystemExit) as exc:
         cli.lightning_main(["login"])
@@ -113,3 +110,185 @@ def test_lightning_script_forwards_other_subcommands(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.lightning_main(["studio", "list"])
     assert called["argv"][1:] == ["studio", "list"]
+
+
+# ----------------------------------------------------------------------------- recipes, composition, run folders
+SHIPPED = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
+BORING = """# a tiny recipe over the shipped base
+__base__: _base_trainer.yaml
+trainer:
+  default_root_dir: {root}
+  max_steps: 60
+  limit_val_batches: 0
+  enable_model_summary: false
+model:
+  class_path: lightning.pytorch.demos.boring_classes.BoringModel
+data:
+  class_path: lightning.pytorch.demos.boring_classes.BoringDataModule
+"""
+
+
+def _boring(tmp_path: Path) -> Path:
+    recipe = tmp_path / "boring.yaml"
+    recipe.write_text(BORING.format(root=tmp_path / "runs"))
+    return recipe
+
+
+def _print_config(args: list[str], capsys) -> dict:
+    import yaml
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*args, "--print_config"])
+    assert not exc.value.code
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_shipped_recipes_resolve_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = cli.recipes_dir() / "pro_scale.yaml"
+    assert shipped.is_file() and set(cli.list_recipes(include_private=True)) == set(SHIPPED)
+    for value in ("recipes/pro_scale.yaml", "pro_scale.yaml", "pro_scale"):
+        assert Path(cli.resolve_config_path(value)) == shipped, value
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "pro_scale.yaml").write_text("trainer: {max_steps: 1}\n")
+    assert cli.resolve_config_path("recipes/pro_scale.yaml") == "recipes/pro_scale.yaml"  # a local file wins
+    with pytest.raises(FileNotFoundError, match="not a shipped recipe.*pro_scale"):
+        cli.resolve_config_path("recipes/no_such_recipe.yaml")
+    with pytest.raises(FileNotFoundError):
+        cli.resolve_config_path("elsewhere/pro_scale.yaml")  # only bare names or recipes/NAME
+    inline = "{trainer: {max_steps: 1}}"
+    assert cli.resolve_config_path(inline) == inline
+
+
+def test_base_files_expand_first_and_cycles_are_named(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b.yaml").write_text("__base__: _base_trainer.yaml\ntrainer: {max_steps: 3}\n")
+    (tmp_path / "a.yaml").write_text("__base__: [b.yaml]\ntrainer: {max_steps: 4}\n")
+    (tmp_path / "plain.yaml").write_text("trainer: {max_steps: 5}\n")
+    out = cli.expand_config_args(["fit", "-c", "a.yaml", "--config=plain.yaml", "--trainer.max_steps=6"])
+    assert out[:2] == ["fit", "-c"] and Path(out[2]) == cli.recipes_dir() / "_base_trainer.yaml"
+    assert out[3] == "-c" and yaml.safe_load(out[4]) == {"trainer": {"max_steps": 3}}
+    assert out[5] == "-c" and yaml.safe_load(out[6]) == {"trainer": {"max_steps": 4}}
+    assert out[7:] == ["--config=plain.yaml", "--trainer.max_steps=6"]
+    assert cli.expand_config_args(out) == out  # idempotent (main and SegblocksCLI both expand)
+    (tmp_path / "b.yaml").write_text("__base__: a.yaml\n")
+    with pytest.raises(ValueError, match=r"cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        cli.expand_config_args(["-c", "a.yaml"])
+    (tmp_path / "c.yaml").write_text("__base__: {x: 1}\n")
+    with pytest.raises(TypeError, match="__base__ must be"):
+        cli.expand_config_args(["-c", "c.yaml"])
+
+
+@pytest.mark.parametrize("recipe", [r for r in SHIPPED if not r.startswith("_") and r != "coco_panoptic"])
+def test_every_recipe_composes_the_base_trainer(recipe, capsys):
+    cfg = _print_config(["fit", "-c", f"{recipe}.yaml"], capsys)
+    assert cfg["seed_everything"] == 0 and cfg["trainer"]["logger"] is True
+    assert cfg["trainer"]["default_root_dir"] == f"runs/{recipe}"  # the run name, once, in the recipe
+    paths = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
+    assert "segblocks.lightning.cli.LatestCheckpointLink" in paths
+    assert "lightning.pytorch.callbacks.LearningRateMonitor" in paths
+    assert cfg["best_checkpoint"]["monitor"] and cfg["best_checkpoint"]["save_last"] is True
+    assert cfg["last_checkpoint"]["every_n_train_steps"] >= 1 and cfg["last_checkpoint"]["save_last"] is True
+
+
+def test_overlay_recipes_differ_from_their_sibling_only_where_they_say(capsys):
+    def flat(tree, prefix=""):
+        if isinstance(tree, dict):
+            return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}.{key}").items()}
+        return {prefix: tree}
+
+    for variant, sibling in [("hrsam_pp", "hrsam"), ("hrsam_pp_distill", "hrsam_distill")]:
+        a = flat(_print_config(["fit", "-c", f"recipes/{sibling}.yaml"], capsys))
+        b = flat(_print_config(["fit", "-c", f"recipes/{variant}.yaml"], capsys))
+        changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+        assert changed and all(k == ".trainer.default_root_dir" or "class_path" in k for k in changed), changed
+        assert all("hrsam_pp" in str(b[k]) for k in changed if "class_path" in k), changed
+    composed = _print_config(["fit", "-c", "pro_scale", "-c", "coco_panoptic", "--data.root=/data/coco"], capsys)
+    assert composed["last_checkpoint"]["every_n_train_steps"] == 1000  # an overlay changes one key of a group
+    assert composed["best_checkpoint"]["monitor"] == "val/PQ" and composed["trainer"]["default_root_dir"] == "runs/coco_panoptic"
+
+
+def test_runs_get_version_folders_and_a_link_to_the_latest_last_ckpt(tmp_path):
+    import torch
+
+    recipe, runs = _boring(tmp_path), tmp_path / "runs"
+    for _ in range(2):
+        cli.main(["fit", "-c", str(recipe), "--trainer.enable_progress_bar=false"])
+    for version in ("version_0", "version_1"):
+        assert (runs / version / "metrics.csv").is_file() and (runs / version / "checkpoints" / "last.ckpt").is_file()
+    assert not list(runs.rglob("last-v*.ckpt"))
+    link = runs / "last.ckpt"
+    assert link.is_symlink() and link.resolve() == (runs / "version_1" / "checkpoints" / "last.ckpt").resolve()
+    assert torch.load(link, weights_only=False)["global_step"] == 60
+    cli.main(["validate", "-c", str(recipe), f"--ckpt_path={link}", "--trainer.limit_val_batches=2",
+              "--trainer.enable_progress_bar=false"])
+
+
+def test_last_ckpt_is_written_every_n_training_steps(tmp_path):
+    import torch
+
+    recipe = _boring(tmp_path)
+    # no validation and the best-checkpoint callback's last.ckpt off: only the periodic save remains
+    cli.main(["fit", "-c", str(recipe), "--best_checkpoint.save_last=false", "--trainer.enable_progress_bar=false"])
+    last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 50  # every_n_train_steps of the base, max_steps 60
+
+
+def test_default_root_dir_moves_logs_and_checkpoints_and_logger_false_works(tmp_path):
+    recipe, moved = _boring(tmp_path), tmp_path / "moved"
+    cli.main(["fit", "-c", str(recipe), f"--trainer.default_root_dir={moved}", "--trainer.logger=false",
+              "--trainer.enable_progress_bar=false"])  # LearningRateMonitor and the progress bar are left out
+    assert (moved / "checkpoints" / "last.ckpt").is_file() and (moved / "last.ckpt").is_file()
+    assert not (tmp_path / "runs").exists()
+    cli.main(["fit", "-c", str(recipe), "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false"])
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_help_version_and_recipes_subcommand(capsys):
+    import segblocks
+
+    cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: segblocks") and "recipes" in out and "names a" in out
+    assert all(name in out for name in ("fit", "validate", "test", "predict", "pro_scale", "hrsam_pp"))
+    for argv in (["--version"], ["-V"]):
+        cli.main(argv)
+        assert capsys.readouterr().out.startswith(f"segblocks {segblocks.__version__}")
+    cli.lightning_main(["--version"])
+    assert segblocks.__version__ in capsys.readouterr().out
+    cli.main(["recipes"])
+    out = capsys.readouterr().out
+    for name, line in cli.list_recipes().items():
+        assert f"{name} " in out and line and line in out
+    assert "_base_trainer" not in out
+
+
+def test_python_dash_m_prints_our_usage():
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "segblocks"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: segblocks"), proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "segblocks", "fit", "-c", "recipes/typo.yaml"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "recipes/typo.yaml" in proc.stderr and "shipped recipes" in proc.stderr
+
+
+def test_thread_policy(monkeypatch):
+    import torch
+
+    assert [cli.default_num_threads(available=n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(2)
+        assert cli.apply_thread_policy(None) == 2  # the user's OMP_NUM_THREADS decides: nothing changes
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert cli.apply_thread_policy(None) == min(2, cli.default_num_threads())
+        assert cli.apply_thread_policy(1) == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+        for bad in (0, 1.5, True):
+            with pytest.raises(ValueError, match="threads"):
+                cli.apply_thread_policy(bad)
+    finally:
+        torch.set_num_threads(before)

@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.distributed as dist
@@ -159,3 +160,44 @@ def test_evaluation_loader_gives_each_sample_to_exactly_one_rank(tmp_path):
             assert len(r["sizes"]) >= 1  # every rank runs the loop (and its end-of-epoch collectives)
             if not r["values"]:
                 assert r["sizes"] == [0]  # a rank without samples gets one empty batch
+
+
+# ----------------------------------------------------------------------------- through Lightning
+
+
+class _Recorder(pl.LightningModule):
+    """Records which evaluation samples each rank saw; its epoch end is a collective."""
+
+    def __init__(self, out_file: str) -> None:
+        super().__init__()
+        self.out_file = out_file
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[int] = []
+        self.batch_sizes: list[int] = []
+
+    def test_step(self, batch, batch_idx):
+        self.batch_sizes.append(len(batch["sample_id"]))  # 0 for a padding batch
+        self.seen.extend(batch["index"].tolist())
+
+    def on_test_epoch_end(self):  # every rank must get here, or the others wait forever
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (self.seen, self.batch_sizes))
+        if self.global_rank == 0:
+            torch.save(gathered, self.out_file)
+
+
+def test_interactive_datamodule_under_lightning_ddp_with_fewer_samples_than_processes(tmp_path, shared_data):
+    # Lightning's default sampler would give sample 0 to both ranks; the loader test above covers uneven splits.
+    limit = 1
+    from segblocks.lightning.interactive_datamodule import InteractiveDataModule
+
+    dm = InteractiveDataModule(root=str(shared_data / "GrabCut"), layout="grabcut", eval_size=32, max_test_samples=limit)
+    out = tmp_path / "seen.pt"
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=WORLD, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+    )
+    trainer.test(_Recorder(str(out)), datamodule=dm)
+    ranks = torch.load(out, weights_only=False)
+    assert sorted(i for seen, _ in ranks for i in seen) == list(range(limit))  # each sample once
+    assert all(sizes for _, sizes in ranks)  # every rank ran at least one (maybe empty) batch

@@ -285,7 +285,7 @@ def test_two_stage_recipe_then_grabcut_noc(name, tmp_path, shared_data):
     stage1 = tmp_path / "s1" / "ckpt" / "last.ckpt"
     assert stage1.is_file() and not any(k.startswith("teacher.") for k in torch.load(stage1, weights_only=False)["state_dict"])
     run("s2", ["fit", "-c", f"recipes/{name}.yaml", *fit, f"--model.model.sam.encoder.checkpoint={stage1}",
-               "--data.crop_size=64", "--data.eval_size=64", "--model.init_args.val_clicks=2"])
+               "--data.crop_size=64", "--data.eval_size=64"])
     stage2 = tmp_path / "s2" / "ckpt" / "last.ckpt"
     assert stage2.is_file()
     out = run("test", ["test", "-c", f"recipes/{name}.yaml", f"--data.root={grabcut}", "--data.max_test_samples=3",

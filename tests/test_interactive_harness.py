@@ -509,7 +509,7 @@ def test_sam_recipe_fit_then_test_on_grabcut(tmp_path, shared_data):
         return proc.stdout + proc.stderr
 
     run(["fit", "-c", "recipes/sam.yaml", *common, "--trainer.max_steps=2", "--trainer.val_check_interval=2",
-         "--trainer.limit_val_batches=1", "--data.batch_size=2", "--model.init_args.val_clicks=2"])
+         "--trainer.limit_val_batches=1", "--data.batch_size=2"])
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     assert ckpt.is_file()
     out = run(["test", "-c", "recipes/sam.yaml", *common, f"--data.root={grabcut}", "--data.max_test_samples=3",

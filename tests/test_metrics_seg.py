@@ -431,6 +431,23 @@ def test_mask_ap_merge_and_simulated_ddp_sync():
     assert_close_dict(sync(rank0, MaskAP(num_classes=K, thing_classes=THINGS)), reference)
 
 
+def test_mask_ap_states_share_the_dtype_an_empty_rank_sends():
+    # torchmetrics syncs a rank that saw nothing as float32 (the metric dtype) empties; a real
+    # gather aborts when dtypes differ between ranks, so every stored state must use that dtype.
+    data = ap_batches(5, 2)
+    metric = MaskAP(num_classes=K, thing_classes=THINGS)
+    metric.update([p for p, _ in data], [t for _, t in data])
+    states = {name: getattr(metric, name) for name in metric._defaults}
+    assert states and all(v and all(t.dtype == metric.dtype for t in v) for v in states.values()), {
+        k: {t.dtype for t in v} for k, v in states.items()
+    }
+    # float64 storage works as well and gives the same numbers
+    wide = MaskAP(num_classes=K, thing_classes=THINGS).set_dtype(torch.float64)
+    wide.update([p for p, _ in data], [t for _, t in data])
+    assert all(t.dtype == torch.float64 for v in (getattr(wide, n) for n in wide._defaults) for t in v)
+    assert_close_dict({k: float(v) for k, v in wide.compute().items()}, {k: float(v) for k, v in metric.compute().items()})
+
+
 def test_mask_ap_bad_inputs():
     labels, masks = ap_image()
     metric = MaskAP(num_classes=K, thing_classes=THINGS)

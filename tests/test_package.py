@@ -1,6 +1,9 @@
-"""Package-level guarantees: light import, catalog, namespaced kernels package."""
+"""Package-level guarantees: light import, catalog, namespaced kernels package, the wheel (recipes,
+licence, honest dependencies) installed alone in a fresh virtual environment."""
 import subprocess
 import sys
+
+import pytest
 
 import segblocks
 
@@ -66,3 +69,75 @@ def test_wheel_contains_every_package_and_console_scripts(tmp_path):
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "lightning = segblocks.lightning.cli:lightning_main" in entry_points
     assert "segblocks = segblocks.lightning.cli:main" in entry_points
+
+
+def _build_wheel(repo, out_dir):
+    import pytest
+
+    pytest.importorskip("build", reason="wheel building needs the dev extra")
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check", "--outdir", str(out_dir), str(repo)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (wheel,) = out_dir.glob("segblocks-*.whl")
+    return wheel
+
+
+def test_wheel_ships_recipes_and_license(tmp_path):
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    wheel = zipfile.ZipFile(_build_wheel(repo, tmp_path))
+    names = set(wheel.namelist())
+    for recipe in repo.glob("recipes/*.yaml"):
+        assert f"segblocks/recipes/{recipe.name}" in names, f"{recipe.name} is missing from the wheel"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(n for n in names if "dist-info" in n)
+    metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    required = [r for r in requires if "extra ==" not in r]
+    for optional in ("triton", "tensorboard", "matplotlib"):  # extras, not requirements
+        assert not any(optional in r for r in required), required
+        assert any(optional in r for r in requires), requires
+    assert any("torch>=2.5" in r for r in required), required
+
+
+@pytest.mark.slow
+def test_wheel_in_fresh_venv_runs_the_readme_command_from_any_directory(tmp_path):
+    """`pip install segblocks` (the built wheel, no repository around): the card's command works."""
+    import os
+    import sysconfig
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    wheel = _build_wheel(repo, tmp_path / "dist")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    vpy = venv / "bin" / "python"
+    site = subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # the dependencies come from this environment (nothing is downloaded); its .pth files (the
+    # editable install of segblocks) are not processed, so `segblocks` is the wheel's copy
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    proc = subprocess.run([str(vpy), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONWARNINGS": "ignore"}
+
+    def run(*args):
+        proc = subprocess.run([str(venv / "bin" / args[0]), *args[1:]], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    installed = run("python", "-c", "import segblocks; print(segblocks.__file__)")
+    assert installed.startswith(site), installed
+    assert run("segblocks", "recipes", "--path").strip() == str(Path(site, "segblocks", "recipes"))
+    assert "pro_scale" in run("segblocks", "recipes")
+    out = run("lightning", "fit", "-c", "recipes/pro_scale.yaml", "--print_config")
+    assert "default_root_dir: runs/pro_scale" in out and "monitor: val/PQ" in out
+    run("lightning", "fit", "-c", "recipes/pro_scale.yaml", "--trainer.fast_dev_run=1", "--trainer.enable_progress_bar=false",
+        f"--data.cache_dir={tmp_path / 'cache'}", "--data.synthetic_num_train=2", "--data.synthetic_num_val=2", "--data.batch_size=2")
+    assert segblocks.__version__ in run("lightning", "--version")

@@ -1,4 +1,4 @@
-"""M_ref reference-label rules (notes §1.4), one rule per test, vs hand tables and naive loops."""
+"""M_ref reference-label rules (Inter2Former §3.3 as coded in YouHuang67/inter2former update_ref_labels.py), one rule per test, vs hand tables and naive loops."""
 import math
 
 import numpy as np
@@ -121,7 +121,7 @@ def _table_update(x_values, new_value):
     return update_ref_label(x, torch.full_like(x, new_value)).view(-1).tolist()
 
 
-# The merge table of notes §1.4, one row per incoming label; columns are x = 0..4.
+# The merge table of the authors' update_ref_labels.py, one row per incoming label; columns are x = 0..4.
 def test_merge_definite_bg_overwrites_everything():
     assert _table_update([0, 1, 2, 3, 4], DBG) == [0, 0, 0, 0, 0]
 

@@ -1,5 +1,7 @@
-"""Evaluation protocol of the universal-segmentation module: original-resolution scoring."""
+"""The universal-segmentation module: injected models, original-resolution scoring, the printed metrics."""
 import functools
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ from segblocks.blocks.proscale import ProgressiveScaleEncoder
 from segblocks.data.coco_panoptic import COCOPanopticDataset
 from segblocks.data.collate import collate_panoptic
 from segblocks.data.transforms import PanopticEvalTransform
+from segblocks.lightning import UniversalSegmentation
 from segblocks.models.backbones import TinyBackbone
 from segblocks.models.mask2former import Mask2Former, MSDeformPixelDecoder, MultiScaleMaskedTransformerDecoder
 
@@ -54,5 +57,48 @@ def test_eval_dataset_keeps_original_targets_for_scoring(shared_data):
         annotation_file=root / "panoptic_examples.json", categories_file=root / "panoptic_coco_categories.json",
     )
     assert "orig_targets" not in collate_panoptic([no_orig[0]])
-    with pytest.raises(ValueError, match="empty batch"):
-        collate_panoptic([])
+    assert collate_panoptic([])["images"].shape[0] == 0  # an empty batch, not an error
+
+
+def test_module_takes_a_built_model_a_registry_name_or_parts():
+    model = _tiny_model()
+    assert UniversalSegmentation(model=model, num_classes=3, thing_classes=[0]).model is model
+    named = UniversalSegmentation(model="proscale_tiny", num_classes=4, thing_classes=[0, 1])
+    assert named.model.num_classes == 4 and named.hparams.model == "proscale_tiny"
+    parts = UniversalSegmentation(
+        backbone="tiny_backbone", pixel_decoder=model.pixel_decoder.__class__(
+            in_channels=[32, 64, 128, 256], encoder=ProgressiveScaleEncoder(layers_per_stage=(1, 1, 1), d_model=32, n_heads=4, d_ffn=64),
+            conv_dim=32, mask_dim=32),
+        num_classes=2, thing_classes=[0], num_queries=4, dec_layers=2, hidden_dim=32, nheads=4, dim_feedforward=32,
+    )
+    assert parts.model.num_classes == 2 and parts.model.transformer_decoder.query_feat.shape == (4, 32)
+    with pytest.raises(ValueError, match="num_classes=5"):
+        UniversalSegmentation(model=_tiny_model(), num_classes=5, thing_classes=[0])
+    with pytest.raises(ValueError, match="not both"):
+        UniversalSegmentation(model=model, backbone=TinyBackbone(), num_classes=3, thing_classes=[0])
+
+
+class _FixedMetric(torch.nn.Module):
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def compute(self):
+        return {k: torch.tensor(v) for k, v in self.values.items()}
+
+    def reset(self):
+        pass
+
+
+def test_undefined_metrics_are_neither_logged_nor_printed(monkeypatch, capsys):
+    module = UniversalSegmentation(model=_tiny_model(), num_classes=3, thing_classes=[0])
+    logged = {}
+    monkeypatch.setattr(module, "log_dict", lambda values, **kw: logged.update(values, **{"_sync": kw.get("sync_dist")}))
+    module._trainer = SimpleNamespace(sanity_checking=False)
+    monkeypatch.setattr(type(module), "global_step", property(lambda self: 7))
+    metrics = torch.nn.ModuleDict({"instance": _FixedMetric({"AP": 12.5, "APs": 3.0, "APl": math.nan})})
+    monkeypatch.setattr("segblocks.lightning.universal_module.rank_zero_info", print)
+    module._log_metrics(metrics, "val")
+    assert set(logged) == {"val/AP", "val/APs", "_sync"} and logged["_sync"] is True
+    table = capsys.readouterr().out
+    assert "APs" in table and "APl" not in table and "nan" not in table

@@ -62,7 +62,7 @@ def check_grads(out, expected, q, k, v, tol):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("backend,dtype", [
     ("reference", torch.float64), ("sdpa", torch.float64), ("sdpa", torch.float32), ("triton", torch.float32),
-    ("padded", torch.float64), ("padded", torch.float32),
+    ("padded", torch.float64), ("padded", torch.float32), ("grouped", torch.float64), ("grouped", torch.float32),
 ])
 def test_forward_and_grads_match_oracle(backend, dtype, case):
     q_lens, kv_lens = CASES[case]
@@ -111,7 +111,7 @@ def test_cpu_refusals_and_auto_choice():
     assert any("backward" in r for r in reasons["flex"])
     assert any("device=cpu" in r or "not installed" in r for r in reasons["xformers"])
     assert any("only used when asked" in r for r in reasons["triton"])
-    assert reasons["padded"] == [] and reasons["sdpa"] == []
+    assert reasons["grouped"] == [] and reasons["padded"] == [] and reasons["sdpa"] == []
     with pytest.raises(BackendUnavailable, match="backward"):
         varlen_attention(q, k, v, [3, 2], backend="flex")
     with pytest.raises(BackendUnavailable, match="xformers"):
@@ -147,7 +147,7 @@ def test_prebuilt_seqlens_and_empty_queries():
     with pytest.raises(ValueError, match="kv_seqlens=None"):
         varlen_attention(q, k, v, s, [3, 5])
     q0 = q[:0]
-    for backend in ("sdpa", "padded", "reference", "triton"):
+    for backend in ("sdpa", "padded", "grouped", "reference", "triton"):
         assert varlen_attention(q0, k, v, [0, 0], [3, 5], backend=backend).shape == (0, 2, 5)
 
 
@@ -174,21 +174,94 @@ def test_padded_layouts_match_oracle(case, dtype):
     check_grads(out, expected, q, k, v, tol * 5)
 
 
+# Layouts of the grouped backend: windows whose shapes interleave (permutations needed), an empty
+# query segment whose keys must be skipped, length-1 segments, a single shape already in order,
+# and a "batch" of two samples with different window counts and lengths.
+GROUPED_LAYOUTS = {
+    "interleaved": ([4, 2, 4, 2, 1], [4, 3, 4, 3, 1]),
+    "empty_query_with_keys": ([3, 0, 3, 1], [2, 5, 2, 1]),
+    "length_one": ([1, 1, 1], [1, 3, 1]),
+    "in_order": ([5, 5, 5], [5, 5, 5]),
+    "batch_of_two_sizes": ([4, 2, 4, 2, 4, 4, 4, 2, 1], [4, 4, 4, 4, 4, 4, 4, 4, 4]),
+}
+
+
+@pytest.mark.parametrize("case", GROUPED_LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_grouped_layouts_match_oracle(case, dtype):
+    q_lens, kv_lens = GROUPED_LAYOUTS[case]
+    q, k, v = make_inputs(q_lens, kv_lens, H=3, D=4, dtype=dtype, grad=True)
+    out = varlen_attention(q, k, v, q_lens, kv_lens, scale=0.6, backend="grouped")
+    expected = oracle(q, k, v, q_lens, kv_lens, 0.6)
+    assert out.dtype == dtype and out.shape == q.shape
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
+    check_grads(out, expected, q, k, v, tol * 5)
+
+
+def test_group_layout_from_python_ints_and_cached():
+    from segblocks.ops.varlen_attention.grouped import group_layout, group_segments
+
+    s = SeqLens.from_seqlens([4, 2, 0, 4, 2], [4, 3, 6, 4, 3])
+    layout = group_layout(s)
+    assert layout.shapes == ((2, 4, 4), (2, 2, 3))  # (count, Lq, Lkv) in order of first appearance
+    assert layout.q_perm.tolist() == [0, 1, 2, 3, 6, 7, 8, 9, 4, 5, 10, 11]
+    assert layout.kv_split == (8, 6, 6)  # the 6 keys of the empty query segment go to the unused tail
+    assert sorted(layout.kv_perm.tolist()) == list(range(20))  # a full permutation
+    assert torch.equal(layout.q_perm[layout.q_inv], torch.arange(12))
+    assert group_layout(s) is layout  # cached on the description
+    g = group_segments(s)
+    assert g.seqlens.q_seqlens == (4, 4, 2, 2) and g.seqlens.kv_seqlens == (4, 4, 3, 3)
+    assert g.kv_rows.tolist() == [0, 1, 2, 3, 13, 14, 15, 16, 4, 5, 6, 17, 18, 19]
+    # reordering the segments gives the same attention, row for row
+    q, k, v = make_inputs([4, 2, 0, 4, 2], [4, 3, 6, 4, 3])
+    want = oracle(q, k, v, [4, 2, 0, 4, 2], [4, 3, 6, 4, 3], 0.5)[g.q_rows]
+    got = varlen_attention(q[g.q_rows], k[g.kv_rows], v[g.kv_rows], g.seqlens, scale=0.5, backend="grouped")
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=2e-5)
+    assert group_layout(g.seqlens).q_perm is None and group_layout(g.seqlens).kv_perm is None  # already grouped
+
+
+def test_permute_rows_gradient_is_inverse_gather():
+    from segblocks.ops.varlen_attention.grouped import permute_rows
+
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    inv = torch.argsort(perm)
+    assert permute_rows(x, None, None) is x
+    torch.testing.assert_close(permute_rows(x, perm, inv), x[perm])
+    assert torch.autograd.gradcheck(lambda t: permute_rows(t, perm, inv), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: permute_rows(t, perm, inv) ** 2, (x,))
+
+
 def auto_choice(reasons):
     """The backend auto dispatch runs: the first auto-eligible one without refusals."""
     return next(b.name for b in VARLEN_ATTENTION_BACKENDS if b.auto and not reasons[b.name])
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="CPU auto choice")
-def test_auto_prefers_padded_for_windows_and_explains_dense_fallback():
+def test_auto_prefers_grouped_then_padded_for_windows_and_explains_dense_fallback():
     # KV-padded windows (HRSAM §3.4): 4 windows of k*k = 9 keys with 9, 3, 3, 1 queries.
     q_lens, kv_lens = [9, 3, 3, 1], [9, 9, 9, 9]
     q, k, v = make_inputs(q_lens, kv_lens)
-    assert auto_choice(explain_varlen_attention(q, k, v, q_lens, kv_lens)) == "padded"
+    assert auto_choice(explain_varlen_attention(q, k, v, q_lens, kv_lens)) == "grouped"
+    # Many distinct shapes: grouped refuses (one SDPA call per shape), padded takes over.
+    from segblocks.ops.varlen_attention import GROUPED_MAX_SHAPES
+
+    q_lens = list(range(1, GROUPED_MAX_SHAPES + 2))
+    kv_lens = [GROUPED_MAX_SHAPES + 1] * len(q_lens)
+    q, k, v = make_inputs(q_lens, kv_lens)
+    reasons = explain_varlen_attention(q, k, v, q_lens, kv_lens)
+    assert reasons["grouped"] == [
+        f"{GROUPED_MAX_SHAPES + 1} distinct segment shapes > GROUPED_MAX_SHAPES = {GROUPED_MAX_SHAPES} "
+        "(one SDPA call per shape)"
+    ]
+    assert auto_choice(reasons) == "padded"
+    assert explain_varlen_attention(q, k, v, q_lens, kv_lens, backend="grouped")["grouped"] == []  # by name: runs
     # Very unequal segments: the 5 x 8 x 8 padded batch is larger than the 12 x 12 dense mask.
     q_lens, kv_lens = [1, 1, 1, 1, 8], [8, 1, 1, 1, 1]
     q, k, v = make_inputs(q_lens, kv_lens, grad=True)
     reasons = explain_varlen_attention(q, k, v, q_lens, kv_lens)
+    reasons["grouped"] = ["pretend: too many shapes"]  # 2 shapes here; check the padded -> sdpa step
     assert reasons["padded"] == ["padded batch larger than dense mask: S*Lq_max*Lkv_max = 5*8*8 = 320 > Nq*Nkv = 12*12 = 144"]
     assert auto_choice(reasons) == "sdpa"
     assert explain_varlen_attention(q, k, v, q_lens, kv_lens, backend="padded")["padded"] == []  # by name: runs
@@ -198,7 +271,7 @@ def test_auto_prefers_padded_for_windows_and_explains_dense_fallback():
     check_grads(out, expected, q, k, v, 1e-4)
 
 
-@pytest.mark.parametrize("backend", ["auto", "padded", "sdpa"])
+@pytest.mark.parametrize("backend", ["auto", "grouped", "padded", "sdpa"])
 def test_inference_mode_then_training_on_same_seqlens(backend):
     """Caches filled under inference_mode (Lightning's sanity check) must not break training."""
     q_lens, kv_lens = [2, 0, 5, 1], [3, 2, 4, 4]

@@ -25,15 +25,17 @@ maps come from :mod:`segblocks.ops.fla_mapping`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segblocks.layers.rope import VisionRotaryEmbedding2d
 from segblocks.ops._checks import check_int, check_int_pairs, check_module_dtype, check_tensor
-from segblocks.ops.fla_mapping import multi_scale_kv_padding_mapping, multi_scale_mapping
-from segblocks.ops.varlen_attention import varlen_attention
+from segblocks.ops.fla_mapping import FLAMapping, multi_scale_kv_padding_mapping, multi_scale_mapping
+from segblocks.ops.varlen_attention import SeqLens, varlen_attention
+from segblocks.ops.varlen_attention.grouped import group_segments, permute_rows
 
 __all__ = ["FlashSwinAttention", "FlexibleLocalAttention"]
 
@@ -44,6 +46,48 @@ def _check_shapes(shapes: Sequence[tuple[int, int]], n: int, owner: str) -> tupl
     if total != n:
         raise ValueError(f"{owner}: shapes {shapes} hold {total} tokens but x has N={n}")
     return shapes
+
+
+class _WindowOrder(NamedTuple):
+    """An FLA mapping with its windows sorted by shape (equal ``(Lq, Lkv)`` adjacent).
+
+    The attention is the same (windows are independent); the order lets the ``grouped``
+    varlen backend batch each shape without a permutation of its own, and it is composed into
+    the one token gather the block does anyway (tokens, not ``q``/``k``/``v``, are reordered).
+
+    Attributes:
+        q_indices, inv_indices: ``(N,)`` token order -> window order and back (permutations).
+        q_coords: ``(N, 2)`` padded-grid coordinates of the queries in window order.
+        kv_local: ``(Nkv,)`` rows of ``cat([tokens in window order, pad])`` per key slot (pad
+            slots -> ``N``), or None without KV-only padding (the keys are the queries).
+        kv_coords: ``(Nkv, 2)`` or None.
+        seqlens: the reordered :class:`SeqLens`.
+    """
+
+    q_indices: torch.Tensor
+    inv_indices: torch.Tensor
+    q_coords: torch.Tensor
+    kv_local: torch.Tensor | None
+    kv_coords: torch.Tensor | None
+    seqlens: SeqLens
+
+
+def _window_order(m: FLAMapping) -> _WindowOrder:
+    """``m`` with its windows grouped by shape; cached on ``m.seqlens`` (``m`` itself is cached)."""
+
+    def build() -> _WindowOrder:
+        g = group_segments(m.seqlens)
+        q_indices = m.q_indices[g.q_rows]  # N
+        inv = torch.empty_like(q_indices)
+        inv[q_indices] = torch.arange(q_indices.numel(), device=q_indices.device)
+        kv_local = kv_coords = None
+        if m.kv_indices is not None:
+            position = torch.cat([inv, inv.new_full((1,), m.num_tokens)])  # token (pad = N) -> window-order row
+            kv_local = position[m.kv_indices[g.kv_rows]]  # Nkv
+            kv_coords = m.kv_coords[g.kv_rows]  # Nkv x 2
+        return _WindowOrder(q_indices, inv, m.q_coords[g.q_rows], kv_local, kv_coords, g.seqlens)
+
+    return m.seqlens.cached("flash_swin_window_order", build)
 
 
 class FlexibleLocalAttention(nn.Module):
@@ -133,17 +177,28 @@ class FlexibleLocalAttention(nn.Module):
         m = make(
             shapes, self.window_size, self.shift, batch=b, shift_single_window=self.shift_single_window, device=x.device
         )
-        tokens = x.reshape(b * n, c)  # BN x C, global index b * N + offset + y * w + x
+        o = _window_order(m)
+        # One gather of the C-wide tokens into window order (Eq. 2, windows grouped by shape)
+        # instead of three of q, k, v: the projections act per token, so they commute with it.
+        tokens = permute_rows(x.reshape(b * n, c), o.q_indices, o.inv_indices)  # BN x C, window order
+        heads = (self.num_heads, self.head_dim)
         if self.kv_padding:
-            tokens = torch.cat([tokens, self.pad_token.to(x.dtype)])  # (BN + 1) x C, pad at index BN
-        q, k, v = self.qkv(tokens).reshape(-1, 3, self.num_heads, self.head_dim).unbind(1)  # each T x H x D
-        kv_indices, kv_coords = (m.kv_indices, m.kv_coords) if self.kv_padding else (m.q_indices, m.q_coords)
-        q, k, v = q[m.q_indices], k[kv_indices], v[kv_indices]  # window order: Nq / Nkv x H x D
+            # queries from the real tokens, keys/values also from the pad token (Eq. 16-17); the
+            # weight is split rather than the output sliced, whose backward would zero-fill it
+            w_q, w_kv = self.qkv.weight.split([c, 2 * c])
+            b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([c, 2 * c])
+            q = F.linear(tokens, w_q, b_q).view(b * n, *heads)  # Nq x H x D
+            kv = F.linear(torch.cat([tokens, self.pad_token.to(x.dtype)]), w_kv, b_kv)  # (BN + 1) x 2C, pad at row BN
+            k, v = kv.view(-1, 2, *heads).index_select(0, o.kv_local).unbind(1)  # each Nkv x H x D
+            kv_coords = o.kv_coords
+        else:
+            q, k, v = self.qkv(tokens).view(b * n, 3, *heads).unbind(1)  # each Nq x H x D; keys = queries' tokens
+            kv_coords = o.q_coords
         if self.rope is not None:
-            q, k = self.rope(q, m.q_coords), self.rope(k, kv_coords)
-        out = varlen_attention(q, k, v, m.seqlens, backend=self.backend)  # Nq x H x D
-        out = out[m.inv_indices].reshape(b, n, c)  # back to token order: B x N x C
-        return self.proj(out)
+            q, k = self.rope(q, o.q_coords), self.rope(k, kv_coords)
+        out = varlen_attention(q, k, v, o.seqlens, backend=self.backend)  # Nq x H x D
+        out = self.proj(out.reshape(b * n, c))  # BN x C, window order
+        return permute_rows(out, o.inv_indices, o.q_indices).reshape(b, n, c)  # back to token order: B x N x C
 
     def extra_repr(self) -> str:
         return (

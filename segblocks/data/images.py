@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .interactive.benchmarks import IMAGE_SUFFIXES
-from .interactive.transforms import resize_longest_side_and_pad
+from ..ops.geometry import resize_longest_side_and_pad
 from .checks import require_file
+from .interactive.benchmarks import IMAGE_SUFFIXES
 from .io import read_rgb_image
 
 __all__ = ["ImageFolderDataset", "collate_images"]

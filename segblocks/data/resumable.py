@@ -56,17 +56,17 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         self.seed = int(seed)
         self.epoch = 0
         self._epoch_set = True
-        self._skip = 0
+        self._skip: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         self._epoch_set = True
 
-    def skip(self, num_samples: int) -> None:
-        """Drop the first ``num_samples`` keys of the next iteration only (resuming mid-epoch)."""
+    def skip(self, num_samples: int, *, epoch: int) -> None:
+        """Drop the first ``num_samples`` keys of ``epoch`` if the next iteration is that epoch (resuming mid-epoch)."""
         if num_samples < 0:
             raise ValueError(f"cannot skip a negative number of samples: {num_samples}")
-        self._skip = int(num_samples)
+        self._skip = (int(epoch), int(num_samples))
 
     def __len__(self) -> int:
         return self.num_samples
@@ -75,7 +75,8 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         if not self._epoch_set:
             self.epoch += 1
         self._epoch_set = False
-        epoch, start, self._skip = self.epoch, self._skip, 0
+        epoch, skip, self._skip = self.epoch, self._skip, None
+        start = skip[1] if skip is not None and skip[0] == epoch else 0
         if self.shuffle:
             generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
             order = torch.randperm(self.num_samples, generator=generator).tolist()
@@ -112,8 +113,15 @@ class SampleSeededDataset(Dataset):
 
 
 def rng_state() -> dict[str, Any]:
-    """The global random states of torch (CPU, every CUDA device), numpy and Python."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global random states of torch (CPU, every CUDA device), numpy and Python.
+
+    Only tensors and plain Python values, so that checkpoints holding it load with
+    ``torch.load(weights_only=True)``.
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -122,8 +130,11 @@ def rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`rng_state` (CUDA states only where present and the device count matches)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)

@@ -79,8 +79,9 @@ class ClickPrompts:
 
 @runtime_checkable
 class InteractiveModel(Protocol):
-    """What the click simulation loops (:mod:`segblocks.interactive.evaluation` and the training
-    loop of :class:`~segblocks.lightning.interactive_module.InteractiveSegmentation`) need."""
+    """What the click simulation loops need: evaluation (:mod:`segblocks.interactive.evaluation`)
+    and training (:mod:`segblocks.interactive.training`). Implemented by
+    :class:`~segblocks.models.sam.SamClickModel`; any object with these two methods works."""
 
     def encode(self, images: torch.Tensor, valid_size: torch.Tensor) -> Any:
         """Once per image.

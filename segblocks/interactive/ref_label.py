@@ -2,7 +2,8 @@
 
 ``M_ref`` keeps, per pixel, what the clicks and the previous predictions say about it, in five
 states (:class:`RefLabel`). The paper describes the states; the exact transition rules below
-follow the authors' code (``update_ref_labels.py`` / ``uncertainty.py``, notes §1.4). Per
+follow the authors' code (YouHuang67/inter2former, ``inter2former/utils/update_ref_labels.py``;
+YouHuang67/InterFormer, ``interformer/utils/uncertainty.py``). Per
 interaction step: click -> :func:`update_ref_label` with :func:`points_to_ref_label` of the new
 clicks -> forward -> :func:`update_ref_label_by_prediction`. A fresh map is
 :func:`initial_ref_label` (all UNKNOWN).
@@ -124,7 +125,7 @@ def update_ref_label_by_prediction(x: torch.Tensor, pred: torch.Tensor) -> torch
 
 
 def _update_with_mask(out: torch.Tensor, mask: torch.Tensor, mode: RefLabel) -> None:
-    """In-place rule of one incoming label (notes §1.4 ``update_with_mask``)."""
+    """In-place rule of one incoming label (``update_with_mask`` in YouHuang67/inter2former, ``inter2former/utils/update_ref_labels.py``)."""
     if mode in (RefLabel.DEFINITE_BG, RefLabel.DEFINITE_FG):
         out[mask] = mode
     elif mode in (RefLabel.POSSIBLE_BG, RefLabel.POSSIBLE_FG):

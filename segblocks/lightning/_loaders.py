@@ -93,6 +93,7 @@ def make_loader(
     num_workers: int,
     collate_fn: Callable,
     sampler: Sampler | None = None,
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
     """Shuffled, last-incomplete-batch-dropped loader for training; ordered and complete for evaluation.
 
@@ -108,6 +109,8 @@ def make_loader(
         num_workers: DataLoader worker processes.
         collate_fn: batches a list of samples (an empty list for a padding batch).
         sampler: an explicit sampler (disables the default ones).
+        generator: source of the loader's random draws (shuffling, worker seeds) instead of
+            torch's global generator.
 
     Raises:
         RuntimeError: ``setup`` has not run.
@@ -130,6 +133,7 @@ def make_loader(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         collate_fn=collate_fn,
+        generator=generator,
     )
 
 

@@ -251,6 +251,13 @@ def apply_thread_policy(threads: int | None = None) -> int:
 
 
 # ----------------------------------------------------------------------------- run directory
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules[name] is None (import blocked)
+        return False
+
+
 def default_loggers(root_dir: str | os.PathLike) -> list:
     """The loggers ``trainer.logger: true`` stands for: CSV in ``<root_dir>/version_N/``, plus
     TensorBoard in ``version_N/tensorboard/`` when the ``tensorboard`` package is installed
@@ -259,7 +266,7 @@ def default_loggers(root_dir: str | os.PathLike) -> list:
 
     csv = CSVLogger(save_dir=os.fspath(root_dir), name="")
     loggers: list = [csv]
-    if importlib.util.find_spec("tensorboard") is not None:
+    if _installed("tensorboard"):
         from lightning.pytorch.loggers import TensorBoardLogger
         from lightning.pytorch.utilities.rank_zero import rank_zero_only
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from segblocks.data import ImageFolderDataset, collate_images
 from segblocks.data.interactive import make_synthetic_instances
-from segblocks.lightning._loaders import make_loader
+from segblocks.lightning.resumable_datamodule import ResumableDataModule
 
 __all__ = ["DistillationDataModule", "DistillationImages", "collate_images"]
 
@@ -24,7 +23,7 @@ __all__ = ["DistillationDataModule", "DistillationImages", "collate_images"]
 DistillationImages = ImageFolderDataset
 
 
-class DistillationDataModule(LightningDataModule):
+class DistillationDataModule(ResumableDataModule):
     """Train / val image loaders for :class:`~segblocks.lightning.distill_module.SamDistillation`.
 
     Args:
@@ -95,8 +94,8 @@ class DistillationDataModule(LightningDataModule):
 
     def _loader(self, dataset: Dataset | None, *, train: bool) -> DataLoader:
         hp = self.hparams
-        return make_loader(
-            dataset, owner=type(self).__name__, batch_size=hp.batch_size, train=train,
+        return self.loader(
+            dataset, batch_size=hp.batch_size, train=train,
             num_workers=hp.num_workers, collate_fn=collate_images,
         )
 

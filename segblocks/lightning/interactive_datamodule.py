@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from segblocks.data import IndexedDataset
@@ -30,7 +29,7 @@ from segblocks.data.interactive import (
     collate_interactive,
     make_synthetic_instances,
 )
-from segblocks.lightning._loaders import make_loader
+from segblocks.lightning.resumable_datamodule import ResumableDataModule
 
 __all__ = ["EVAL_LAYOUTS", "InteractiveDataModule"]
 
@@ -38,7 +37,7 @@ __all__ = ["EVAL_LAYOUTS", "InteractiveDataModule"]
 EVAL_LAYOUTS = (*sorted(BENCHMARK_LAYOUTS), "sbd", "folder")
 
 
-class InteractiveDataModule(LightningDataModule):
+class InteractiveDataModule(ResumableDataModule):
     """Per-object train / val / test loaders (see the module docstring).
 
     Args:
@@ -176,8 +175,8 @@ class InteractiveDataModule(LightningDataModule):
 
     def _loader(self, dataset: Dataset | None, *, train: bool) -> DataLoader:
         hp = self.hparams
-        return make_loader(
-            dataset, owner=type(self).__name__, batch_size=hp.batch_size if train else hp.eval_batch_size,
+        return self.loader(
+            dataset, batch_size=hp.batch_size if train else hp.eval_batch_size,
             train=train, num_workers=hp.num_workers, collate_fn=collate_interactive,
         )
 

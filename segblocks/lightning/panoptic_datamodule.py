@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from segblocks.data import (
@@ -17,7 +16,7 @@ from segblocks.data import (
     make_synthetic_panoptic,
     synthetic_panoptic_meta,
 )
-from segblocks.lightning._loaders import make_loader
+from segblocks.lightning.resumable_datamodule import ResumableDataModule
 
 __all__ = ["PanopticDataModule"]
 
@@ -27,7 +26,7 @@ _SYNTHETIC_SPLITS = {
 }
 
 
-class PanopticDataModule(LightningDataModule):
+class PanopticDataModule(ResumableDataModule):
     """Panoptic train/val/test loaders over a COCO panoptic folder or the synthetic default.
 
     Batches come from :func:`~segblocks.data.collate_panoptic`. Test uses the val split.
@@ -176,8 +175,8 @@ class PanopticDataModule(LightningDataModule):
     def _loader(self, dataset: COCOPanopticDataset | None, *, train: bool) -> DataLoader:
         hp = self.hparams
         # Under DDP each val/test image goes to exactly one process (never counted twice in PQ/AP).
-        return make_loader(
-            dataset, owner=type(self).__name__, batch_size=hp.batch_size, train=train, num_workers=hp.num_workers,
+        return self.loader(
+            dataset, batch_size=hp.batch_size, train=train, num_workers=hp.num_workers,
             collate_fn=functools.partial(collate_panoptic, size_divisibility=hp.size_divisibility),
         )
 

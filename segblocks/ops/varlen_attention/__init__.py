@@ -18,6 +18,9 @@ triton     CUDA; CPU only under ``TRITON_INTERPRET=1`` and only   fp32, fp16 (+ 
            when named; ``D <= 128``
 flex       FlexAttention + document ``BlockMask``; CUDA, and CPU  all floating
            only when named, without gradients (no CPU backward)
+grouped    segments of equal shape ``(Lq, Lkv)`` batched, one     all floating
+           unmasked ``F.scaled_dot_product_attention`` call per
+           shape; auto: at most ``GROUPED_MAX_SHAPES`` shapes
 padded     segments gathered into a padded batch, one             all floating
            ``F.scaled_dot_product_attention`` call with a
            key-padding mask; ``O(S * Lq_max * Lkv_max)`` scores
@@ -28,13 +31,18 @@ reference  Python loop over segments (the oracle); only by name   all floating
 
 Why this order: xformers' tuned kernels first where present (as in the authors' code), then
 the Triton kernel (flash-attention style, fused, memory ``O(N)``), then FlexAttention (fused
-only under ``torch.compile``; eager it materialises the scores), then the two unfused SDPA
-paths — the CPU path, and the CUDA fallback. Between those two, auto takes ``padded`` when
+only under ``torch.compile``; eager it materialises the scores), then the SDPA paths — the
+CPU path, and the CUDA fallback. ``grouped`` first: window partitions have a handful of segment
+shapes (Flash Swin, HRSAM §3.3: full windows, edge pieces, corners), each batched without
+padding or mask, so SDPA can take its fused kernel and no score is wasted; on a 64 x 64 grid
+with ``k = 16`` it beats ``padded`` (which pads the shifted edge windows to full windows and
+masks them) forward and backward (``benchmarks/bench_flash_swin.py``). With more than
+``GROUPED_MAX_SHAPES`` shapes (one Python-level SDPA call each) auto takes ``padded`` when
 ``S * Lq_max * Lkv_max <= Nq * Nkv`` (``S`` = segments with queries, ``L*_max`` their longest
 lengths; e.g. windows), i.e. when its score tensor is no larger than the dense mask, and
 ``sdpa`` otherwise (very unequal segments); ``backend="padded"`` runs it regardless.
 
-Derived tensors (segment ids, padded-batch indices) are cached on the :class:`SeqLens` through
+Derived tensors (segment ids, padded-batch indices, shape groups) are cached on the :class:`SeqLens` through
 :meth:`SeqLens.cached`, which builds them with inference mode off, so a geometry first seen under
 ``torch.inference_mode()`` (e.g. Lightning's validation sanity check) still trains.
 """
@@ -48,7 +56,7 @@ import torch
 from segblocks.ops._checks import check_int_sequence, check_same, check_tensor
 from segblocks.ops._dispatch import Backend, dispatch, explain, triton_usable
 
-__all__ = ["SeqLens", "VARLEN_ATTENTION_BACKENDS", "explain_varlen_attention", "varlen_attention"]
+__all__ = ["GROUPED_MAX_SHAPES", "SeqLens", "VARLEN_ATTENTION_BACKENDS", "explain_varlen_attention", "varlen_attention"]
 
 _TRITON_MAX_HEAD_DIM = 128
 
@@ -169,6 +177,13 @@ class SeqLens:
 
         return self.cached("padded_shape", build)
 
+    @property
+    def num_shapes(self) -> int:
+        """Distinct ``(Lq, Lkv)`` among the segments with queries (the ``grouped`` backend's SDPA calls)."""
+        return self.cached(
+            "num_shapes", lambda: len({(a, b) for a, b in zip(self.q_seqlens, self.kv_seqlens) if a > 0})
+        )
+
     def segment_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Segment index of every query ``(Nq,)`` and every key ``(Nkv,)`` (long, on ``device``)."""
 
@@ -214,6 +229,20 @@ def _triton_check(q: torch.Tensor, *tensors: torch.Tensor, requested: str = "aut
     return reasons
 
 
+#: ``backend="auto"`` takes ``grouped`` when the segments have at most this many distinct shapes
+#: (one SDPA call each); more shapes fall through to ``padded`` / ``sdpa``.
+GROUPED_MAX_SHAPES = 16
+
+
+def _grouped_check(*tensors: torch.Tensor, seqlens: SeqLens, requested: str = "auto") -> list[str]:
+    if requested != "auto":
+        return []
+    shapes = seqlens.num_shapes
+    if shapes > GROUPED_MAX_SHAPES:
+        return [f"{shapes} distinct segment shapes > GROUPED_MAX_SHAPES = {GROUPED_MAX_SHAPES} (one SDPA call per shape)"]
+    return []
+
+
 def _padded_check(*tensors: torch.Tensor, seqlens: SeqLens, requested: str = "auto") -> list[str]:
     if requested != "auto":
         return []
@@ -241,6 +270,7 @@ VARLEN_ATTENTION_BACKENDS: tuple[Backend, ...] = (
         check=_triton_check,
     ),
     Backend(name="flex", loader="segblocks.ops.varlen_attention.flex:varlen_attention_flex", check=_flex_check),
+    Backend(name="grouped", loader="segblocks.ops.varlen_attention.grouped:varlen_attention_grouped", check=_grouped_check),
     Backend(name="padded", loader="segblocks.ops.varlen_attention.padded:varlen_attention_padded", check=_padded_check),
     Backend(name="sdpa", loader="segblocks.ops.varlen_attention.sdpa:varlen_attention_sdpa"),
     Backend(name="reference", loader="segblocks.ops.varlen_attention.naive:varlen_attention_reference", auto=False),
