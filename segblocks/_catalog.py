@@ -32,6 +32,18 @@ class BlockInfo:
     target: str  # "module:attribute"
     status: str = "implemented"
 
+    @property
+    def import_path(self) -> str:
+        """Where the block is defined, as ``from <module> import <name>`` would name it (``module.attribute``)."""
+        return self.target.replace(":", ".")
+
+    def load(self):
+        """The block itself (imports its module)."""
+        import importlib
+
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
 
 BLOCKS: tuple[BlockInfo, ...] = (
     BlockInfo("ProgressiveScaleEncoder", "PRO-SCALE", "proscale",

@@ -19,7 +19,15 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["BACKBONE_CHANNELS", "PAPER_TABLE1", "count_gflops", "encoder_gflops", "proscale_flop_table"]
+__all__ = [
+    "BACKBONE_CHANNELS",
+    "PAPER_TABLE1",
+    "build_pixel_decoder",
+    "count_gflops",
+    "encoder_gflops",
+    "pixel_decoder_features",
+    "proscale_flop_table",
+]
 
 aten = torch.ops.aten
 
@@ -61,6 +69,42 @@ PAPER_TABLE1 = {
 BACKBONE_CHANNELS = {"swin_tiny": (96, 192, 384, 768), "resnet50": (256, 512, 1024, 2048)}
 
 
+def pixel_decoder_features(
+    in_channels: tuple[int, int, int, int], image_size: tuple[int, int], *, batch: int = 1
+) -> dict[str, torch.Tensor]:
+    """Random backbone maps ``res2..res5`` (strides 4..32) for an input padded to a multiple of 32.
+
+    detectron2 pads the input to a multiple of 32 (800×1333 → 800×1344); the counts and timings
+    do not depend on the values.
+    """
+    h, w = (-(-x // 32) * 32 for x in image_size)
+    return {
+        f"res{i + 2}": torch.randn(batch, c, -(-h // s), -(-w // s))
+        for i, (c, s) in enumerate(zip(in_channels, (4, 8, 16, 32)))
+    }
+
+
+def build_pixel_decoder(
+    in_channels: tuple[int, int, int, int], layers_per_stage: tuple[int, int, int], *, proscale_modules: bool
+) -> torch.nn.Module:
+    """Mask2Former's pixel decoder (``proscale_modules=False``, pass ``(0, 0, 6)``) or PRO-SCALE's.
+
+    ``proscale_modules`` adds TRC and swaps the res2 3×3 conv for LPE (the PRO-SCALE model).
+    """
+    from segblocks.blocks.proscale import ProgressiveScaleEncoder
+    from segblocks.models.mask2former.pixel_decoder import MSDeformPixelDecoder
+
+    encoder = ProgressiveScaleEncoder(
+        layers_per_stage=layers_per_stage,
+        token_recalibration=proscale_modules,
+    )
+    return MSDeformPixelDecoder(
+        in_channels=in_channels,
+        encoder=encoder,
+        pixel_embedding="lpe" if proscale_modules else "conv",
+    )
+
+
 def encoder_gflops(
     in_channels: tuple[int, int, int, int],
     image_size: tuple[int, int],
@@ -70,27 +114,12 @@ def encoder_gflops(
 ) -> float:
     """GFLOPs of the pixel decoder ("Tx. Enc." incl. pixel embedding) at paper settings (d=256).
 
-    ``proscale_modules`` adds TRC and swaps the res2 3×3 conv for LPE (the PRO-SCALE model);
-    without it this is Mask2Former's pixel decoder. Inputs are random backbone features of the
-    right shapes (the count does not depend on values).
+    See :func:`build_pixel_decoder` and :func:`pixel_decoder_features` (random backbone features
+    of the right shapes; the count does not depend on values).
     """
-    from segblocks.blocks.proscale import ProgressiveScaleEncoder
-    from segblocks.models.mask2former.pixel_decoder import MSDeformPixelDecoder
-
-    encoder = ProgressiveScaleEncoder(
-        layers_per_stage=layers_per_stage,
-        token_recalibration=proscale_modules,
-    )
-    decoder = MSDeformPixelDecoder(
-        in_channels=in_channels,
-        encoder=encoder,
-        pixel_embedding="lpe" if proscale_modules else "conv",
-    ).eval().requires_grad_(False)
-    h, w = (-(-x // 32) * 32 for x in image_size)  # detectron2 pads the input to a multiple of 32
-    feats = {
-        f"res{i + 2}": torch.randn(1, c, -(-h // s), -(-w // s))
-        for i, (c, s) in enumerate(zip(in_channels, (4, 8, 16, 32)))
-    }
+    decoder = build_pixel_decoder(in_channels, layers_per_stage, proscale_modules=proscale_modules)
+    decoder = decoder.eval().requires_grad_(False)
+    feats = pixel_decoder_features(in_channels, image_size)
     return count_gflops(lambda: decoder(feats))
 
 

@@ -271,6 +271,7 @@ def write_click_report(
 def plot_miou_vs_clicks(ious: torch.Tensor, path: str | os.PathLike, *, title: str = "mIoU vs clicks") -> Path | None:
     """Plot mean IoU after each click, ``ious`` (N, K); returns None (with a warning) without matplotlib."""
     try:  # the object-oriented API with the Agg canvas: no pyplot, no global backend switch
+        import matplotlib  # noqa: F401  (first: a missing or blocked matplotlib fails here)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:

@@ -18,7 +18,10 @@ entry function, or :func:`load_checkpoint` on a built module)::
 A module may declare ``checkpoint_ignore_keys``: ``fnmatch`` patterns, relative to that module,
 of file keys that are not part of it by design (a ResNet's ImageNet classifier ``fc.*``, SAM's
 box-corner embeddings in a clicks-only prompt encoder). They are dropped before matching,
-wherever the module sits in the model.
+wherever the module sits in the model. A module may also define
+``checkpoint_absent_keys(state_dict) -> patterns``: its own keys that a file in a foreign layout
+cannot provide (an HRSAM encoder loading MAE weights has no counterpart for its Cycle-scans), so
+that a strict load accepts exactly those as missing (they keep their initialisation).
 """
 from __future__ import annotations
 
@@ -51,7 +54,8 @@ class CheckpointReport(NamedTuple):
     """What :func:`load_checkpoint` did not match (same fields as ``nn.Module.load_state_dict``'s result).
 
     Attributes:
-        missing_keys: model keys the file did not provide (left at their current values).
+        missing_keys: model keys the file did not provide (left at their current values), except
+            those its layout cannot provide (``checkpoint_absent_keys``).
         unexpected_keys: file keys (after the prefix and ignore patterns) the model has no slot for.
         ignored_keys: file keys dropped by the model's ``checkpoint_ignore_keys``.
     """
@@ -155,6 +159,17 @@ def _ignore_patterns(module: nn.Module) -> list[str]:
     return patterns
 
 
+def _absent_patterns(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Every ``checkpoint_absent_keys(state)`` pattern of ``module`` and its sub-modules, as full key patterns."""
+    patterns = []
+    for name, sub in module.named_modules():
+        hook = getattr(sub, "checkpoint_absent_keys", None)
+        if callable(hook):
+            sub_state = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")} if name else state
+            patterns.extend(f"{name}.{p}" if name else p for p in hook(sub_state))
+    return patterns
+
+
 def _prefix_hint(model_keys: list[str], ckpt_keys: list[str]) -> str:
     """Suggest a prefix when checkpoint keys look like ``<prefix><model key>``."""
     for key in model_keys[:1]:
@@ -189,6 +204,7 @@ def load_checkpoint(
     for k in ignored:
         del state[k]
     own = module.state_dict()
+    absent = _absent_patterns(module, state)
     if not own.keys() & state.keys():
         hint = _prefix_hint(list(own), list(state))
         first = next(iter(state), None)
@@ -200,7 +216,8 @@ def load_checkpoint(
         result = module.load_state_dict(state, strict=False)  # load hooks may resize or drop keys
     except RuntimeError as err:  # size mismatches
         raise ValueError(f"checkpoint {path}: shapes do not match {type(module).__name__}: {err}") from err
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    unexpected = list(result.unexpected_keys)
+    missing = [k for k in result.missing_keys if not any(fnmatch.fnmatchcase(k, p) for p in absent)]
     report = CheckpointReport(missing_keys=missing, unexpected_keys=unexpected, ignored_keys=ignored)
     if missing or unexpected:
         msg = (

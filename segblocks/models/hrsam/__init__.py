@@ -1,7 +1,6 @@
 """HRSAM / HRSAM++ image encoders (Huang et al., "HRSAM: Efficient Interactive Segmentation in
 High-Resolution Images") for SAM's prompt encoder and mask decoder."""
 from segblocks.models.hrsam.encoder import (
-    HRSAM_PRESETS,
     MAE_ABSENT_KEYS,
     HRSAMBlock,
     HRSAMEncoder,
@@ -17,7 +16,6 @@ from segblocks.models.hrsam.encoder import (
 from segblocks.models.hrsam.sam_hrsam import sam_hrsam_pp_tiny, sam_hrsam_pp_vit_b, sam_hrsam_tiny, sam_hrsam_vit_b
 
 __all__ = [
-    "HRSAM_PRESETS",
     "HRSAMBlock",
     "HRSAMEncoder",
     "HRSAMPlusPlusEncoder",

@@ -33,15 +33,13 @@ Weights: MAE ViT-B checkpoints (He et al., "Masked Autoencoders Are Scalable Vis
 CVPR 2022; facebookresearch/mae ``models_mae.py``), the authors' initialisation, load through
 :func:`mae_to_hrsam` — applied automatically by ``load_state_dict`` (a load pre-hook) when the keys
 are in MAE's layout. The parameters MAE has no counterpart for (:data:`MAE_ABSENT_KEYS`) keep
-their initialisation; :meth:`HRSAMEncoder.load_checkpoint` loads such a file strictly except for
-exactly those keys (``hrsam_vit_b().load_checkpoint("mae_pretrain_vit_base.pth")``). The blocks use MAE's / the authors' key names
+their initialisation; the one checkpoint convention loads such a file strictly except for
+exactly those keys (``create_model("hrsam_vit_b", checkpoint="mae_pretrain_vit_base.pth")``). The blocks use MAE's / the authors' key names
 (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``).
 """
 from __future__ import annotations
 
-import logging
 import math
-import os
 import re
 
 import torch
@@ -55,12 +53,10 @@ from segblocks.layers.mlp import Mlp
 from segblocks.layers.norm import LayerNorm2d
 from segblocks.layers.patch_embed import PatchEmbed
 from segblocks.models._registry import register_model
-from segblocks.models.checkpoint import read_state_dict
 from segblocks.models.sam.image_encoder import resize_pos_embed
 from segblocks.ops._checks import check_int, check_module_dtype
 
 __all__ = [
-    "HRSAM_PRESETS",
     "HRSAMBlock",
     "HRSAMEncoder",
     "HRSAMPlusPlusEncoder",
@@ -80,27 +76,15 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> tor
     return resize_pos_embed(pos_embed, grid, mode="bilinear")
 
 
-logger = logging.getLogger(__name__)
 
 #: Parameters of :class:`HRSAMEncoder` / :class:`HRSAMPlusPlusEncoder` that an MAE ViT checkpoint
-#: has no counterpart for (regular expressions on the key names): the KV pad token of every block,
+#: has no counterpart for (``fnmatch`` patterns on the key names): the KV pad token of every block,
 #: the Cycle-scan modules (and HRSAM++'s fusion scans), the per-stage projections and the
 #: refinement head. They keep their initialisation when MAE weights are loaded.
-MAE_ABSENT_KEYS = (
-    r"blocks\.\d+\.attn\.pad_token",
-    r"cycle_scans\..+",
-    r"fusion_scans\..+",
-    r"stage_proj\..+",
-    r"refine\..+",
-)
-_MAE_ABSENT = re.compile("|".join(f"(?:{p})" for p in MAE_ABSENT_KEYS))
+MAE_ABSENT_KEYS = ("blocks.*.attn.pad_token", "cycle_scans.*", "fusion_scans.*", "stage_proj.*", "refine.*")
 # MAE keys with no place in the encoder: class / mask tokens, the final (or global-pool) norm,
 # the classifier, and the whole pixel decoder.
 _MAE_DROPPED = re.compile(r"cls_token|mask_token|(?:norm|fc_norm|head)\..+|decoder_.+")
-
-
-def _absent_from_mae(key: str) -> bool:
-    return _MAE_ABSENT.fullmatch(key) is not None
 
 
 def is_mae_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
@@ -319,42 +303,9 @@ class HRSAMEncoder(nn.Module):
         self.register_load_state_dict_pre_hook(_convert_on_load)
 
     # ------------------------------------------------------------------ weights
-    def load_checkpoint(
-        self, path: str | os.PathLike, *, prefix: str = "", strict: bool = True
-    ) -> tuple[list[str], list[str]]:
-        """Load a local checkpoint with this encoder's key names or in MAE's layout.
-
-        MAE-layout files (``pos_embed`` of shape ``(1, 1 + N, C)``) are converted by
-        :func:`mae_to_hrsam`; for them the keys in :data:`MAE_ABSENT_KEYS` may be missing. A
-        ``pos_embed`` stored for another grid is resized bilinearly (as the authors do at run
-        time).
-
-        Args:
-            path: ``.pth``/``.pt``/``.ckpt`` file (a state dict, possibly under ``"model"`` or
-                ``"state_dict"``).
-            prefix: keep only keys with this prefix, stripped (e.g. ``"student."``).
-            strict: raise ``ValueError`` on any other missing or unexpected key (else warn).
-
-        Returns:
-            ``(missing_keys, unexpected_keys)`` of ``load_state_dict``, MAE-absent keys included.
-        """
-        state = read_state_dict(path, prefix=prefix)
-        from_mae = is_mae_state_dict(state)
-        try:
-            result = self.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # shape mismatches
-            raise ValueError(f"checkpoint {path}: {err}") from err
-        missing = [k for k in result.missing_keys if not (from_mae and _absent_from_mae(k))]
-        if missing or result.unexpected_keys:
-            msg = (
-                f"checkpoint {path} into {type(self).__name__}{' (MAE layout)' if from_mae else ''}: "
-                f"{len(missing)} missing keys {missing}; "
-                f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys}"
-            )
-            if strict:
-                raise ValueError(msg)
-            logger.warning(msg)
-        return result
+    def checkpoint_absent_keys(self, state_dict: dict[str, torch.Tensor]) -> tuple[str, ...]:
+        """Keys a file may lack: :data:`MAE_ABSENT_KEYS` when it is in MAE's layout (see :mod:`segblocks.models.checkpoint`)."""
+        return MAE_ABSENT_KEYS if is_mae_state_dict(state_dict) else ()
 
     # ------------------------------------------------------------------ hooks HRSAM++ overrides
     def _scan_class(self) -> type[CycleScan]:
@@ -525,4 +476,3 @@ def hrsam_pp_tiny(**kwargs) -> HRSAMPlusPlusEncoder:
 
 
 #: The four encoder presets by short name (the registry names are the function names).
-HRSAM_PRESETS = {"vit_b": hrsam_vit_b, "pp_vit_b": hrsam_pp_vit_b, "tiny": hrsam_tiny, "pp_tiny": hrsam_pp_tiny}
