@@ -3,6 +3,7 @@ from segblocks.interactive.clicker import (
     TRAIN_INNER_K,
     Clicks,
     next_click,
+    sample_generators,
     sample_initial_clicks,
     sample_num_clicks,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "longest_side_shape",
     "next_click",
     "points_to_ref_label",
+    "sample_generators",
     "sample_initial_clicks",
     "sample_num_clicks",
     "scale_points",

@@ -15,6 +15,9 @@ simulator (``engine/utils/click_fast.py`` in the Inter2Former/HRSAM/FocSAM repos
 
 Randomness comes from a ``numpy.random.Generator`` or a ``torch.Generator`` passed in (a torch
 generator seeds a numpy one with a single draw), or from torch's global RNG when ``None``.
+:func:`next_click` also takes one numpy generator per sample (:func:`sample_generators` keys them
+by ``(seed, dataset index)``), so that a sample's clicks do not depend on the other samples of its
+batch, their order, or the process that evaluates it.
 """
 from __future__ import annotations
 
@@ -33,11 +36,14 @@ __all__ = [
     "Generator",
     "TRAIN_INNER_K",
     "next_click",
+    "sample_generators",
     "sample_initial_clicks",
     "sample_num_clicks",
 ]
 
 Generator = Union[np.random.Generator, torch.Generator, None]
+#: One shared generator (or None), or one numpy generator per sample of the batch.
+ClickGenerator = Union[Generator, Sequence[np.random.Generator]]
 
 #: ``sfc_inner_k`` the authors use for every training click after the first.
 TRAIN_INNER_K = 1.7
@@ -157,7 +163,7 @@ def next_click(
     *,
     ignore: torch.Tensor | None = None,
     clicked: torch.Tensor | None = None,
-    generator: Generator = None,
+    generator: ClickGenerator = None,
     inner_k: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Simulate the next click of each sample from its current error.
@@ -171,12 +177,19 @@ def next_click(
     * ``inner_k == 1``: the pixels of maximal distance (evaluation; random tie-break),
     * ``inner_k > 1``: the pixels with ``dist > max / inner_k`` (training uses 1.7).
 
+    The choice is ``candidates[rng.integers(n)]`` with the ``n`` candidates in row-major order,
+    one draw per sample that gets a click (none for the others). Padding a map at the bottom or
+    right with ``ignore`` pixels therefore changes neither the candidates, their order, nor the
+    draws: with per-sample generators a sample gets the same click alone or in any batch.
+
     Args:
         pred: ``(B, H, W)`` bool current prediction (all False before the first click).
         gt: ``(B, H, W)`` bool ground truth.
         ignore: ``(B, H, W)`` bool pixels never clicked (e.g. GrabCut's 128 band), or None.
         clicked: ``(B, H, W)`` bool pixels already clicked (see :meth:`Clicks.to_mask`), or None.
-        generator: numpy or torch generator; None uses torch's global RNG.
+        generator: numpy or torch generator shared by the batch (drawn from sample by sample);
+            None uses torch's global RNG; or a sequence of ``B`` numpy generators, one per
+            sample (see :func:`sample_generators`).
         inner_k: candidate threshold ``sfc_inner_k`` (>= 1).
 
     Returns:
@@ -187,8 +200,8 @@ def next_click(
     _check_masks(pred=pred, gt=gt, ignore=ignore, clicked=clicked)
     if not inner_k >= 1.0:
         raise ValueError(f"inner_k must be >= 1; got {inner_k}")
-    rng = _as_numpy_rng(generator)
     B, H, W = gt.shape
+    rngs = _per_sample_rngs(generator, B)
     device = gt.device
     if B == 0 or H == 0 or W == 0:  # no sample or no pixel: no click anywhere (valid all False)
         none = torch.zeros(B, dtype=torch.bool, device=device)
@@ -207,11 +220,10 @@ def next_click(
     chosen = np.where(positive[:, None, None], dist[:B], dist[B:])  # B x H x W
     best = np.maximum(fn_max, fp_max)[:, None, None]
     cand = (chosen == best) if inner_k == 1.0 else (chosen > best / inner_k)
-    cand &= valid[:, None, None]
-    # Uniform choice among candidates: argmax of i.i.d. uniform keys restricted to them.
-    keys = np.where(cand, rng.random(cand.shape), -1.0).reshape(B, -1)  # B x HW
-    flat = keys.argmax(axis=1)
-    coords = np.stack([flat // W, flat % W], axis=1) * valid[:, None]  # B x 2
+    coords = np.zeros((B, 2), dtype=np.int64)
+    for b in np.flatnonzero(valid):  # uniform choice among the row-major candidates, one draw per clicked sample
+        flat = np.flatnonzero(cand[b])  # (n,) indices into H x W
+        coords[b] = divmod(int(flat[rngs[b].integers(flat.size)]), W)
     return (
         torch.from_numpy(coords.astype(np.int64)).to(device),
         torch.from_numpy(positive & valid).to(device),
@@ -387,6 +399,38 @@ def _edt_with_border(regions: np.ndarray) -> np.ndarray:
         return np.zeros((N, H, W))
     dist = distance_transform_edt(padded.reshape(N * (H + 2), W + 2))  # N(H+2) x (W+2)
     return dist.reshape(N, H + 2, W + 2)[:, 1:-1, 1:-1]  # N x H x W
+
+
+def sample_generators(seed: int, sample_index: Sequence[int] | torch.Tensor) -> list[np.random.Generator]:
+    """One numpy generator per sample, keyed by ``(seed, dataset index)`` (the ``generator`` of :func:`next_click`).
+
+    ``np.random.default_rng([seed, index])`` (a :class:`numpy.random.SeedSequence` of both), so a
+    sample draws the same stream whatever else is evaluated with it, in which order, batch or
+    process. The authors instead seed one generator (42) per test run (YouHuang67/inter2former,
+    ``inter2former/runners/click_test_loops.py``), which makes a sample's tie-breaks depend on
+    the samples before it.
+
+    Args:
+        seed: non-negative integer seed of the evaluation.
+        sample_index: ``(B,)`` non-negative integer dataset indices.
+
+    Returns:
+        ``B`` independent generators.
+    """
+    seed = check_int(seed, "seed", minimum=0)
+    return [np.random.default_rng([seed, i]) for i in check_int_sequence(sample_index, "sample_index", minimum=0)]
+
+
+def _per_sample_rngs(generator: ClickGenerator, batch_size: int) -> list[np.random.Generator]:
+    """``batch_size`` numpy generators: the given per-sample ones, or one shared generator repeated."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch_size:
+            raise ValueError(f"generator must hold one numpy generator per sample ({batch_size}); got {len(generator)}")
+        if not all(isinstance(g, np.random.Generator) for g in generator):
+            kinds = sorted({type(g).__name__ for g in generator})
+            raise TypeError(f"per-sample generators must be numpy.random.Generator; got {kinds}")
+        return list(generator)
+    return [_as_numpy_rng(generator)] * batch_size
 
 
 def _as_numpy_rng(generator: Generator) -> np.random.Generator:

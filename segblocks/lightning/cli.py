@@ -43,6 +43,7 @@ is installed.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -382,6 +383,13 @@ class SegblocksCLI(LightningCLI):
             if "--config" in action.option_strings:
                 action.help = _CONFIG_HELP
 
+    def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):
+            # Our modules print their own metric table; Lightning's verbose one repeats it at 16 digits.
+            parser.set_defaults(verbose=False)
+        return parser
+
     def parse_arguments(self, parser, args) -> None:
         if args is None:
             args = sys.argv[1:]
@@ -417,16 +425,28 @@ class SegblocksCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+@contextlib.contextmanager
+def _args_replace_argv(prog: str):
+    """LightningCLI warns when it gets ``args`` while ``sys.argv`` has arguments: ours already hold them."""
+    saved = sys.argv
+    sys.argv = [prog]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def _run_lightning_cli(args: list[str], prog: str) -> None:
-    SegblocksCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": prog},
-        args=args,
-    )
+    with _args_replace_argv(prog):
+        SegblocksCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": prog},
+            args=args,
+        )
 
 
 # ----------------------------------------------------------------------------- extra subcommands
@@ -477,10 +497,79 @@ def _recipes_command(argv: list[str]) -> int:
     return 0
 
 
+def _recipe_datamodule(recipe_args: list[str], prog: str) -> LightningDataModule:
+    """The DataModule a recipe (``-c ... --data.* ...``) builds, via the same CLI as ``fit``."""
+    with _args_replace_argv(prog):
+        cli = SegblocksCLI(
+            LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+            parser_kwargs={"prog": prog}, args=recipe_args, run=False, save_config_callback=None,
+        )
+    return cli.datamodule
+
+
+def _check_data_command(argv: list[str]) -> int:
+    import argparse
+
+    from segblocks.data import DataCheckError, check_data
+
+    parser = argparse.ArgumentParser(
+        prog="segblocks check-data",
+        description="Check every file a recipe's data reads (present, decodable, consistent) before training; "
+        "exits 1 listing every problem. Other arguments (-c RECIPE, --data.root=...) select the data as for fit.",
+    )
+    parser.add_argument("--no-decode", action="store_true", help="only check that the files exist and are not empty (fast)")
+    parser.add_argument("--max-samples", type=int, default=None, help="check at most this many samples per split")
+    ns, rest = parser.parse_known_args(argv)
+    if not rest:
+        parser.error("give the data to check: -c recipes/NAME.yaml [--data.root=...]")
+    datamodule = _recipe_datamodule(rest, "segblocks check-data")
+    try:
+        report = check_data(datamodule, decode=not ns.no_decode, max_samples=ns.max_samples)
+    except DataCheckError as err:
+        print(err.report)
+        return 1
+    print(report)
+    return 0
+
+
+def _precompute_embeddings_command(argv: list[str]) -> int:
+    import argparse
+
+    from segblocks.lightning.distill_module import precompute_teacher_embeddings
+    from segblocks.models import create_model
+
+    parser = argparse.ArgumentParser(
+        prog="segblocks precompute-embeddings",
+        description="Write a frozen teacher's image embeddings of a distillation recipe's images, for "
+        "SamDistillation(embeddings_dir=OUT). Other arguments (-c RECIPE, --data.*) select the images as for fit.",
+    )
+    parser.add_argument("--teacher", required=True, help="registered encoder name, e.g. sam_vit_h_encoder (segblocks.models.list_models())")
+    parser.add_argument("--checkpoint", default=None, help="local teacher weights (e.g. an official SAM file)")
+    parser.add_argument("--checkpoint-prefix", default="", help="key prefix to strip (image_encoder. for official SAM files)")
+    parser.add_argument("--out-dir", required=True, help="destination; one sub-folder per split")
+    parser.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored dtype")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--overwrite", action="store_true", help="recompute files that exist")
+    ns, rest = parser.parse_known_args(argv)
+    if not rest:
+        parser.error("give the images: -c recipes/NAME_distill.yaml [--data.*=...]")
+    datamodule = _recipe_datamodule(rest, "segblocks precompute-embeddings")
+    teacher = create_model(ns.teacher, checkpoint=ns.checkpoint, checkpoint_prefix=ns.checkpoint_prefix)
+    written = precompute_teacher_embeddings(
+        teacher=teacher, out_dir=ns.out_dir, datamodule=datamodule, splits=tuple(ns.splits),
+        batch_size=ns.batch_size, dtype=getattr(torch, ns.dtype), overwrite=ns.overwrite,
+    )
+    for split, count in written.items():
+        print(f"{split}: {count} embedding file(s) written under {Path(ns.out_dir) / split}")
+    return 0
+
+
 register_subcommand("recipes", _recipes_command, "list the recipes shipped with segblocks (one line each)")
-# Hooks for the data check and the distillation embeddings ("module:function" targets taking argv):
-# register_subcommand("check-data", ..., "check a dataset root before training")
-# register_subcommand("precompute-embeddings", ..., "pre-compute a frozen teacher's image embeddings")
+register_subcommand("check-data", _check_data_command, "check every file of a recipe's data before training (-c RECIPE)")
+register_subcommand(
+    "precompute-embeddings", _precompute_embeddings_command, "write a frozen teacher's embeddings for distillation (-c RECIPE)"
+)
 
 
 # ----------------------------------------------------------------------------- entry points
