@@ -12,6 +12,7 @@ from segblocks.interactive import (
     disk_maps,
     longest_side_shape,
     next_click,
+    sample_generators,
     sample_initial_clicks,
     sample_num_clicks,
     scale_points,
@@ -237,6 +238,67 @@ def test_training_candidates_satisfy_ratio():
         assert pos[0] and valid[0]
         seen.add(tuple(coords[0].tolist()))
     assert seen == cand
+
+
+def test_per_sample_generators_pick_the_documented_candidate():
+    # Reference: candidate number rng.integers(n) in row-major order, from a generator keyed by (seed, index).
+    rng = np.random.default_rng(7)
+    B, H, W = 5, 6, 8
+    gt = rng.random((B, H, W)) < 0.5
+    pred = rng.random((B, H, W)) < 0.3
+    pred[2] = gt[2]  # no error: no click and no draw
+    index = [11, 0, 4, 3, 250]
+    coords, pos, valid = next_click(t(pred), t(gt), generator=sample_generators(42, index))
+    for b in range(B):
+        v, p, cand = brute_click(pred[b], gt[b])
+        assert bool(valid[b]) == v and bool(pos[b]) == p
+        if v:
+            expected = sorted(cand)[np.random.default_rng([42, index[b]]).integers(len(cand))]
+            assert tuple(coords[b].tolist()) == expected
+
+
+def test_per_sample_generators_make_a_click_independent_of_the_batch():
+    # The same sample alone, in another batch position, or on a canvas padded with ignore pixels.
+    rng = np.random.default_rng(3)
+    gts = [np.ones((5, 7), dtype=bool), rng.random((6, 4)) < 0.6, rng.random((4, 6)) < 0.6]
+    Hc, Wc = 6, 7
+    gt = np.zeros((3, Hc, Wc), dtype=bool)
+    ignore = np.ones((3, Hc, Wc), dtype=bool)
+    for b, g in enumerate(gts):
+        gt[b, : g.shape[0], : g.shape[1]] = g
+        ignore[b, : g.shape[0], : g.shape[1]] = False
+    pred = np.zeros_like(gt)
+    batched = next_click(t(pred), t(gt), ignore=t(ignore), generator=sample_generators(5, [0, 1, 2]))
+    flipped = next_click(t(pred[::-1].copy()), t(gt[::-1].copy()), ignore=t(ignore[::-1].copy()),
+                         generator=sample_generators(5, [2, 1, 0]))
+    for b, g in enumerate(gts):
+        alone = next_click(t(np.zeros((1, *g.shape))), t(g[None]), generator=sample_generators(5, [b]))
+        for got in (batched, [x.flip(0) for x in flipped]):
+            assert [x[b].tolist() for x in got] == [x[0].tolist() for x in alone], b
+    # a shared generator, by contrast, makes sample 0's tie-break depend on the samples drawn before it
+    first = [next_click(t(pred), t(gt), ignore=t(ignore), generator=np.random.default_rng(s))[0][0] for s in range(20)]
+    last = [next_click(t(pred[::-1].copy()), t(gt[::-1].copy()), ignore=t(ignore[::-1].copy()),
+                       generator=np.random.default_rng(s))[0][2] for s in range(20)]
+    assert any(not torch.equal(f, l) for f, l in zip(first, last))
+
+
+def test_sample_generators_and_their_errors():
+    a, b = sample_generators(42, torch.tensor([3, 0])), sample_generators(42, [3, 0])
+    assert [g.random() for g in a] == [g.random() for g in b] == [np.random.default_rng([42, i]).random() for i in (3, 0)]
+    assert sample_generators(1, []) == []
+    with pytest.raises(ValueError, match="sample_index"):
+        sample_generators(0, [-1])
+    with pytest.raises(TypeError, match="sample_index"):
+        sample_generators(0, torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="seed"):
+        sample_generators(-1, [0])
+    m = torch.zeros(2, 3, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="one numpy generator per sample"):
+        next_click(m, m, generator=sample_generators(0, [0]))
+    with pytest.raises(TypeError, match="per-sample generators"):
+        next_click(m, m, generator=[torch.Generator(), torch.Generator()])
+    coords, pos, valid = next_click(m[:0], m[:0], generator=[])  # an empty batch needs no generator
+    assert coords.shape == (0, 2) and not valid.any()
 
 
 def test_next_click_input_errors():

@@ -264,8 +264,9 @@ def test_write_click_report_shapes_and_missing_matplotlib(tmp_path, monkeypatch,
     assert len(rows) == 4 and rows[0][:2] == ["sample_index", "sample_id"]
     iou_cols = [i for i, name in enumerate(rows[0]) if name.startswith("iou@")]
     assert len(iou_cols) == K and rows[0][iou_cols[-1]] == f"iou@{K}"
-    np.testing.assert_allclose([[float(r[i]) for i in iou_cols] for r in rows[1:]], ious.numpy(), atol=1e-6)
-    assert [r[1] for r in rows[1:]] == ["a", "b", "c"] and [r[0] for r in rows[1:]] == ["5", "1", "2"]
+    # per_sample_curves orders the rows by sample index; sample_ids name those rows
+    np.testing.assert_allclose([[float(r[i]) for i in iou_cols] for r in rows[1:]], ious[[1, 2, 0]].numpy(), atol=1e-6)
+    assert [r[1] for r in rows[1:]] == ["a", "b", "c"] and [r[0] for r in rows[1:]] == ["1", "2", "5"]
     data = json.loads(paths["json"].read_text())
     assert data["max_clicks"] == K and data["metrics"] == {"noc@85": 3.0}
     assert len(data["samples"]) == 3 and all(len(s["iou"]) == K and len(s["decode_seconds"]) == K for s in data["samples"])

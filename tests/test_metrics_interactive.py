@@ -123,11 +123,42 @@ def test_metric_spc_keys_and_decode_only():
 
 def test_per_sample_curves():
     c = _full_metric().per_sample_curves()
-    torch.testing.assert_close(c["iou"], _curves().float())
-    assert c["sample_index"].tolist() == [7, 3, -1] and c["sample_index"].dtype == torch.int64
-    assert c["encode_seconds"][:2].tolist() == [2.0, 1.0] and math.isnan(c["encode_seconds"][2])
-    assert c["decode_seconds"].shape == (3, 20) and torch.isnan(c["decode_seconds"][2]).all()
-    assert c["noc@90"].tolist() == [3, 20, 20]
+    # rows by sample index: the unindexed sample (-1, updated last) first, then 3, then 7
+    torch.testing.assert_close(c["iou"], _curves().float()[[2, 1, 0]])
+    assert c["sample_index"].tolist() == [-1, 3, 7] and c["sample_index"].dtype == torch.int64
+    assert c["encode_seconds"][1:].tolist() == [1.0, 2.0] and math.isnan(c["encode_seconds"][0])
+    assert c["decode_seconds"].shape == (3, 20) and torch.isnan(c["decode_seconds"][0]).all()
+    assert c["noc@90"].tolist() == [20, 20, 3]
+
+
+def test_rows_follow_the_dataset_index_whatever_the_update_order():
+    ious = torch.rand(6, 5, generator=torch.Generator().manual_seed(0))
+    index = torch.tensor([4, 0, 5, 2, 1, 3])
+    ranked = InteractiveMetrics(max_clicks=5)  # e.g. rank 0 held [0, 2, 4], rank 1 [1, 3, 5], pooled rank by rank
+    ranked.update(ious[[1, 3, 0]], sample_index=index[[1, 3, 0]])
+    ranked.update(ious[[4, 5, 2]], sample_index=index[[4, 5, 2]])
+    c = ranked.per_sample_curves()
+    assert c["sample_index"].tolist() == list(range(6))
+    order = index.argsort()
+    assert torch.equal(c["iou"], ious[order])
+    in_order = InteractiveMetrics(max_clicks=5)
+    in_order.update(ious[order], sample_index=index[order])
+    for key, value in in_order.compute().items():  # bit for bit: the means sum in the same order
+        assert torch.equal(ranked.compute()[key], value) or (value.isnan() and ranked.compute()[key].isnan()), key
+
+
+def test_a_sample_index_given_twice_is_an_error():
+    m = InteractiveMetrics(max_clicks=2)
+    m.update(torch.rand(3, 2), sample_index=torch.tensor([0, 1, 2]))
+    m.update(torch.rand(2, 2), sample_index=torch.tensor([3, 0]))  # a padded sampler repeated sample 0
+    with pytest.raises(ValueError, match=r"sample_index \[0\].*DistributedSampler"):
+        m.compute()
+    with pytest.raises(ValueError, match="more than once"):
+        m.per_sample_curves()
+    unindexed = InteractiveMetrics(max_clicks=2)
+    unindexed.update(torch.rand(2, 2))
+    unindexed.update(torch.rand(2, 2))  # -1 (no index) may repeat
+    assert unindexed.compute()["num_samples"] == 4
 
 
 def _assert_same(a, b):
@@ -150,14 +181,17 @@ def test_merge_halves_equals_single():
 
 def test_ddp_sync_path():
     """Run torchmetrics' real gather/reduce path with a fake all-gather."""
-    ref = _full_metric()
-    ref.update(_curves()[:2], encode_seconds=torch.tensor([2.0, 1.0]),
-               decode_seconds=torch.tensor([[0.1] * 20, [0.05] * 20]), sample_index=torch.tensor([7, 3]))
-    ref.update(_curves()[2:])
     two_ranks = _full_metric(dist_sync_fn=lambda t, group=None: [t, t], distributed_available_fn=lambda: True)
-    _assert_same(two_ranks.compute(), ref.compute())  # rank 2 holds the same samples again
+    with pytest.raises(ValueError, match="more than once"):  # rank 2 holds the same indexed samples again
+        two_ranks.compute()
+    ref = InteractiveMetrics()
+    ref.update(_curves())
+    ref.update(_curves())
+    two_ranks = InteractiveMetrics(dist_sync_fn=lambda t, group=None: [t, t], distributed_available_fn=lambda: True)
+    two_ranks.update(_curves())  # unindexed: pooled as given
+    _assert_same(two_ranks.compute(), ref.compute())
     assert two_ranks.per_sample_curves()["iou"].shape == (6, 20)
-    assert len(two_ranks.iou) == 2  # local state restored after the sync
+    assert len(two_ranks.iou) == 1  # local state restored after the sync
 
     # A rank without samples contributes a 1-D empty tensor; the flat states must absorb it.
     lonely = _full_metric(dist_sync_fn=lambda t, group=None: [t, t.new_zeros(0)], distributed_available_fn=lambda: True)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segblocks.layers.rope import VisionRotaryEmbedding2d
+from segblocks.layers.rope import VisionRotaryEmbedding2d, apply_rope_2d, rope_2d_tables
 from segblocks.ops._checks import check_int, check_int_pairs, check_module_dtype, check_tensor
 from segblocks.ops.fla_mapping import FLAMapping, multi_scale_kv_padding_mapping, multi_scale_mapping
 from segblocks.ops.varlen_attention import SeqLens, varlen_attention
@@ -70,6 +70,14 @@ class _WindowOrder(NamedTuple):
     kv_local: torch.Tensor | None
     kv_coords: torch.Tensor | None
     seqlens: SeqLens
+
+
+#: Window orders per geometry (FLA mapping arguments + device), at most ``_ORDERS_MAX`` entries.
+#: Dynamo inlines ``functools.lru_cache`` functions (retracing the mapping construction), but
+#: reads a hit in a plain dict as constants, so a compiled block has no graph break once the
+#: geometry has been seen by one eager call.
+_ORDERS: dict = {}
+_ORDERS_MAX = 64
 
 
 def _window_order(m: FLAMapping) -> _WindowOrder:
@@ -173,11 +181,17 @@ class FlexibleLocalAttention(nn.Module):
         shapes = _check_shapes(shapes, n, owner)
         if b == 0:
             return self.proj(x)  # no samples: nothing attends, keep the graph and dtype
-        make = multi_scale_kv_padding_mapping if self.kv_padding else multi_scale_mapping
-        m = make(
-            shapes, self.window_size, self.shift, batch=b, shift_single_window=self.shift_single_window, device=x.device
-        )
-        o = _window_order(m)
+        key = (self.kv_padding, shapes, self.window_size, self.shift, b, self.shift_single_window, x.device)
+        o = _ORDERS.get(key)  # a plain dict: under torch.compile a warm entry is read as constants
+        if o is None:
+            make = multi_scale_kv_padding_mapping if self.kv_padding else multi_scale_mapping
+            m = make(
+                shapes, self.window_size, self.shift, batch=b, shift_single_window=self.shift_single_window,
+                device=x.device,
+            )
+            if len(_ORDERS) >= _ORDERS_MAX:
+                _ORDERS.clear()
+            o = _ORDERS[key] = _window_order(m)
         # One gather of the C-wide tokens into window order (Eq. 2, windows grouped by shape)
         # instead of three of q, k, v: the projections act per token, so they commute with it.
         tokens = permute_rows(x.reshape(b * n, c), o.q_indices, o.inv_indices)  # BN x C, window order
@@ -195,7 +209,18 @@ class FlexibleLocalAttention(nn.Module):
             q, k, v = self.qkv(tokens).view(b * n, 3, *heads).unbind(1)  # each Nq x H x D; keys = queries' tokens
             kv_coords = o.q_coords
         if self.rope is not None:
-            q, k = self.rope(q, o.q_coords), self.rope(k, kv_coords)
+            # tables cached with the window order (plain dict, see _ORDERS): RoPE's own cache
+            # keys on id(coords), which Dynamo cannot guard on for these constant tensors
+            dtype = torch.promote_types(q.dtype, torch.float32)
+            tkey = (key, dtype, self.rope.head_dim, self.rope.theta, self.rope.scale)
+            tables = _ORDERS.get(tkey)
+            if tables is None:
+                with torch.inference_mode(False):
+                    tables = _ORDERS[tkey] = (
+                        rope_2d_tables(o.q_coords, self.head_dim, theta=self.rope.theta, scale=self.rope.scale, dtype=dtype),
+                        rope_2d_tables(kv_coords, self.head_dim, theta=self.rope.theta, scale=self.rope.scale, dtype=dtype),
+                    )
+            q, k = apply_rope_2d(q, *tables[0]), apply_rope_2d(k, *tables[1])
         out = varlen_attention(q, k, v, o.seqlens, backend=self.backend)  # Nq x H x D
         out = self.proj(out.reshape(b * n, c))  # BN x C, window order
         return permute_rows(out, o.inv_indices, o.q_indices).reshape(b, n, c)  # back to token order: B x N x C

@@ -406,9 +406,10 @@ def sample_generators(seed: int, sample_index: Sequence[int] | torch.Tensor) -> 
 
     ``np.random.default_rng([seed, index])`` (a :class:`numpy.random.SeedSequence` of both), so a
     sample draws the same stream whatever else is evaluated with it, in which order, batch or
-    process. The authors instead seed one generator (42) per test run (YouHuang67/inter2former,
-    ``inter2former/runners/click_test_loops.py``), which makes a sample's tie-breaks depend on
-    the samples before it.
+    process. The authors instead draw every tie-break from Python's global ``random`` (``random.choice``
+    in ``engine/utils/click_fast.py``), seeded 42 once per test run (``tools/test_no_viz.py``; both
+    in YouHuang67/inter2former, YouHuang67/focsam and YouHuang67/High-Resolution-Segment-Anything),
+    which makes a sample's tie-breaks depend on the samples before it.
 
     Args:
         seed: non-negative integer seed of the evaluation.

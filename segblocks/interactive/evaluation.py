@@ -17,6 +17,12 @@ YouHuang67/High-Resolution-Segment-Anything):
   (:func:`~segblocks.metrics.binary_iou`);
 * a sample whose prediction has no error left gets no new click and is decoded again as is.
 
+Tie-breaks among equally distant click candidates are random. The authors draw them from one
+generator seeded once per test run, so a sample's clicks depend on the samples evaluated before
+it; passing per-sample generators (:func:`~segblocks.interactive.clicker.sample_generators`,
+keyed by the dataset index, as :class:`~segblocks.lightning.InteractiveSegmentation` does) makes
+each sample's clicks, hence its IoU curve, the same in any subset, order, batch or process.
+
 Batches of differently sized originals are padded to a common canvas whose padding is ignored;
 this changes nothing, since ignored pixels are excluded from the errors, the IoU and the clicks,
 and bound error regions exactly as the image border does.
@@ -45,7 +51,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from segblocks.ops.geometry import crop_and_resize_back
-from segblocks.interactive.clicker import Clicks, Generator, next_click
+from segblocks.interactive.clicker import ClickGenerator, Clicks, next_click
 from segblocks.interactive.protocol import ClickPrompts, InteractiveModel, logits_to_input
 from segblocks.metrics.interactive import binary_iou
 
@@ -158,7 +164,7 @@ def evaluate_clicks(
     batch: Mapping[str, Any],
     *,
     max_clicks: int = 20,
-    generator: Generator = None,
+    generator: ClickGenerator = None,
 ) -> ClickCurves:
     """Run the ``max_clicks``-click protocol on one batch (see the module docstring).
 
@@ -169,11 +175,14 @@ def evaluate_clicks(
         batch: ``image`` (B, 3, H, W) float, ``valid_size`` (B, 2), ``original_size`` (B, 2),
             ``original_mask`` / ``original_ignore`` lists (see :func:`original_targets`).
         max_clicks: click budget ``K``.
-        generator: random tie-breaking among equally distant click candidates (the authors seed
-            42 once per test run).
+        generator: random tie-breaking among equally distant click candidates: one generator
+            for the batch (the authors seed 42 once per test run), or one numpy generator per
+            sample (:func:`~segblocks.interactive.clicker.sample_generators`), which makes a
+            sample's curve independent of the rest of the batch.
 
     Returns:
-        :class:`ClickCurves` on CPU.
+        :class:`ClickCurves` on CPU; ``B = 0`` (an empty batch) gives empty curves without
+        calling the model.
     """
     if max_clicks < 1:
         raise ValueError(f"max_clicks must be >= 1; got {max_clicks}")
@@ -181,6 +190,11 @@ def evaluate_clicks(
     if images.dim() != 4 or not images.is_floating_point():
         raise ValueError(f"batch['image'] must be a float (B, 3, H, W) tensor; got {images.dtype} {tuple(images.shape)}")
     B, device = images.shape[0], images.device
+    if B == 0:  # e.g. the padding batch of a process without evaluation samples
+        return ClickCurves(
+            ious=torch.zeros(0, max_clicks), encode_seconds=torch.zeros(0, dtype=torch.float64),
+            decode_seconds=torch.zeros(0, max_clicks, dtype=torch.float64), num_clicks=torch.zeros(0, dtype=torch.int64),
+        )
     input_hw = (int(images.shape[-2]), int(images.shape[-1]))
     gt, ignore = original_targets(batch)  # B x Hc x Wc each
     canvas_hw = (int(gt.shape[-2]), int(gt.shape[-1]))

@@ -48,6 +48,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -395,7 +396,8 @@ class SegblocksCLI(LightningCLI):
             args = sys.argv[1:]
         if isinstance(args, (list, tuple)):
             args = expand_config_args([str(a) for a in args])
-        super().parse_arguments(parser, args)
+        with _args_replace_argv(sys.argv[0]):  # only while parsing: the ddp launcher re-runs sys.argv
+            super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
@@ -427,26 +429,27 @@ class SegblocksCLI(LightningCLI):
 
 @contextlib.contextmanager
 def _args_replace_argv(prog: str):
-    """LightningCLI warns when it gets ``args`` while ``sys.argv`` has arguments: ours already hold them."""
-    saved = sys.argv
-    sys.argv = [prog]
-    try:
+    """Silence LightningCLI's warning about ``args`` given while ``sys.argv`` has arguments: ours hold them.
+
+    ``sys.argv`` itself must stay: Lightning's DDP launcher starts the other processes with it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         yield
-    finally:
-        sys.argv = saved
 
 
 def _run_lightning_cli(args: list[str], prog: str) -> None:
-    with _args_replace_argv(prog):
-        SegblocksCLI(
-            LightningModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": prog},
-            args=args,
-        )
+    # sys.argv stays the real command line while the trainer runs: Lightning's ddp launcher starts
+    # the other processes by re-running it (SegblocksCLI.parse_arguments hides it from the parser).
+    SegblocksCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": prog},
+        args=args,
+    )
 
 
 # ----------------------------------------------------------------------------- extra subcommands

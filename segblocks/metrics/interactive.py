@@ -6,10 +6,10 @@ the IoU of sample ``i`` after its ``k``-th simulated click, with a budget of ``K
 
 * **NoC@τ** — clicks needed to reach IoU ≥ τ; a sample that never does counts as ``K``
   (FocSAM §4.1 "capped at 20"; the authors' test loop sets the last column to 1 before an argmax).
-* **NoF@τ** — number of samples that never reach τ within the ``K`` clicks (paper 000, MST §IV).
+* **NoF@τ** — number of samples that never reach τ within the ``K`` clicks (MST: Adaptive Multi-Scale Tokens Guided Interactive Segmentation, §IV).
   RITM-style code also counts a sample that first reaches τ *at* click ``K``; here it succeeded.
-* **mIoU@k** — mean IoU after ``k`` clicks; Inter2Former's "5-mIoU" is mIoU@5 (paper 004 §4).
-* **SPC** — seconds per click (paper 004 §4): ``K``-SPC (20-SPC) averages the time of ``K`` clicks
+* **mIoU@k** — mean IoU after ``k`` clicks; Inter2Former's "5-mIoU" is mIoU@5 (Inter2Former §4).
+* **SPC** — seconds per click (Inter2Former §4): ``K``-SPC (20-SPC) averages the time of ``K`` clicks
   *including* once-per-image preprocessing such as SAM's image encoding; online SPC is the
   per-click latency *excluding* it. The two coincide for models without preprocessing.
 * **Stability** — FocSAM §4.3 / Fig. 4: ΔIoU between consecutive clicks (from the second click
@@ -112,7 +112,7 @@ def miou_at_clicks(ious: torch.Tensor) -> torch.Tensor:
 
 
 def seconds_per_click(decode_seconds: torch.Tensor, encode_seconds: torch.Tensor | None = None) -> torch.Tensor:
-    """Seconds per click (Inter2Former §4, paper 004).
+    """Seconds per click (Inter2Former §4).
 
     With ``encode_seconds`` this is K-SPC (20-SPC for K = 20): the once-per-image preprocessing
     time (e.g. SAM's image encoder, FocSAM's refiner if it runs once) plus the K per-click times,
@@ -193,6 +193,10 @@ class InteractiveMetrics(Metric):
 
     States are flat lists reduced by concatenation, so DDP ranks (and :meth:`merge_state`) simply
     pool their samples. Samples updated without timings are left out of the SPC only.
+
+    ``sample_index`` identifies a sample: an index given twice (a sampler that repeats samples
+    to even out processes, as :class:`~torch.utils.data.DistributedSampler` does) is an error in
+    :meth:`compute` and :meth:`per_sample_curves` rather than a silently double-counted sample.
 
     Args:
         max_clicks: click budget K; every curve must have exactly K entries.
@@ -288,12 +292,24 @@ class InteractiveMetrics(Metric):
 
     def _curves(self) -> dict[str, torch.Tensor]:
         k = self.max_clicks
-        return {
+        curves = {
             "iou": self._state("iou").reshape(-1, k),  # N x K
             "encode_seconds": self._state("encode_seconds"),  # N
             "decode_seconds": self._state("decode_seconds").reshape(-1, k),  # N x K
             "sample_index": self._state("sample_index").long(),  # N
         }
+        index = curves["sample_index"]
+        given = index[index >= 0]
+        values, counts = torch.unique(given, return_counts=True)
+        if bool((counts > 1).any()):
+            repeated = values[counts > 1][:5].tolist()
+            raise ValueError(
+                f"sample_index {repeated} was updated more than once: each sample must be evaluated once "
+                "(under DDP use an unrepeated sampler such as segblocks.lightning._loaders.EvaluationSampler, not "
+                "DistributedSampler, which repeats samples to even out the processes)"
+            )
+        order = torch.sort(index, stable=True).indices  # by dataset index, whatever process held the sample
+        return {name: value[order] for name, value in curves.items()}
 
     def compute(self) -> dict[str, torch.Tensor]:
         """All metrics as float64 scalars.
@@ -324,6 +340,9 @@ class InteractiveMetrics(Metric):
 
     def per_sample_curves(self) -> dict[str, torch.Tensor]:
         """Per-sample data (synced across DDP ranks like :meth:`compute`), on CPU, for CSV/JSON.
+
+        Rows are sorted by ``sample_index`` (stably; samples without an index, -1, come first in
+        the order of their updates), so one process and several give the same rows.
 
         Returns:
             ``iou`` (N, K), ``decode_seconds`` (N, K) and ``encode_seconds`` (N,) (NaN when

@@ -42,6 +42,9 @@ _MODEL_MODULES = (
     "segblocks.models.hrsam.encoder",
     "segblocks.models.hrsam.sam_hrsam",
     "segblocks.models.mask2former.presets",
+    "segblocks.models.mst.model",
+    "segblocks.models.focsam.model",
+    "segblocks.models.inter2former.presets",
 )
 
 _entrypoints: dict[str, Callable[..., nn.Module]] = {}
