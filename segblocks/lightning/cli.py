@@ -396,7 +396,7 @@ class SegblocksCLI(LightningCLI):
             args = sys.argv[1:]
         if isinstance(args, (list, tuple)):
             args = expand_config_args([str(a) for a in args])
-        with _args_replace_argv(sys.argv[0]):  # only while parsing: the ddp launcher re-runs sys.argv
+        with _quiet_args_warning():
             super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
@@ -428,7 +428,7 @@ class SegblocksCLI(LightningCLI):
 
 
 @contextlib.contextmanager
-def _args_replace_argv(prog: str):
+def _quiet_args_warning():
     """Silence LightningCLI's warning about ``args`` given while ``sys.argv`` has arguments: ours hold them.
 
     ``sys.argv`` itself must stay: Lightning's DDP launcher starts the other processes with it.
@@ -439,8 +439,6 @@ def _args_replace_argv(prog: str):
 
 
 def _run_lightning_cli(args: list[str], prog: str) -> None:
-    # sys.argv stays the real command line while the trainer runs: Lightning's ddp launcher starts
-    # the other processes by re-running it (SegblocksCLI.parse_arguments hides it from the parser).
     SegblocksCLI(
         LightningModule,
         LightningDataModule,
@@ -502,11 +500,10 @@ def _recipes_command(argv: list[str]) -> int:
 
 def _recipe_datamodule(recipe_args: list[str], prog: str) -> LightningDataModule:
     """The DataModule a recipe (``-c ... --data.* ...``) builds, via the same CLI as ``fit``."""
-    with _args_replace_argv(prog):
-        cli = SegblocksCLI(
-            LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-            parser_kwargs={"prog": prog}, args=recipe_args, run=False, save_config_callback=None,
-        )
+    cli = SegblocksCLI(
+        LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        parser_kwargs={"prog": prog}, args=recipe_args, run=False, save_config_callback=None,
+    )
     return cli.datamodule
 
 
