@@ -15,7 +15,7 @@ from segblocks.blocks.inter2former import (
     DynamicLocalUpsampling,
     DynamicPromptEmbedding,
     HybridMoE,
-    TokenSelection,
+    EdgeTokenSelection,
     select_edge_tokens,
 )
 from segblocks.models.inter2former import inter2former_tiny
@@ -40,7 +40,7 @@ def dha():
 
 
 def sel(b=2, n=6):
-    return TokenSelection.from_mask(torch.rand(b, n) > 0.5)
+    return EdgeTokenSelection.from_mask(torch.rand(b, n) > 0.5)
 
 
 def dlu():

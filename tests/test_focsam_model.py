@@ -159,3 +159,15 @@ def test_a_sam_run_loads_into_focsam(tmp_path):
     torch.save({"state_dict": {"model." + k: v for k, v in sam.state_dict().items()}}, path)
     m = create_model("focsam_tiny", stage="decoder", checkpoint=str(path), checkpoint_prefix="model.")
     torch.testing.assert_close(m.sam.mask_decoder.iou_token.weight, sam.sam.mask_decoder.iou_token.weight)
+
+
+def test_frozen_parts_stay_in_eval_mode():
+    """train() leaves each stage's frozen parts in eval mode (they compute what they compute at test)."""
+    for stage, frozen, trained in (("decoder", ("image_encoder",), ("prompt_encoder", "mask_decoder")),
+                                   ("refiner", ("image_encoder", "prompt_encoder", "mask_decoder"), ())):
+        m = create_model("focsam_tiny", stage=stage).train()
+        assert m.training and all(not mod.training for part in frozen for mod in getattr(m.sam, part).modules())
+        assert all(getattr(m.sam, part).training for part in trained)
+        assert m.refiner.training
+        m.eval()
+        assert not any(mod.training for mod in m.modules())

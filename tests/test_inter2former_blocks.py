@@ -15,7 +15,7 @@ from segblocks.blocks.inter2former import (
     DynamicLocalUpsampling,
     DynamicPromptEmbedding,
     HybridMoE,
-    TokenSelection,
+    EdgeTokenSelection,
     edge_token_mask,
     select_edge_tokens,
 )
@@ -104,9 +104,36 @@ def test_edge_tokens_match_variance_loop():
                 pix[i, j] = var > 1e-9 or ref[b, i, j] == 2
         tok = pix.view(4, 16, 6, 16).any(3).any(1).reshape(-1)
         assert torch.equal(mask[b], tok)
-    sel = TokenSelection.from_mask(mask)
+    sel = EdgeTokenSelection.from_mask(mask)
     assert sel.lengths[2] == 0 and sel.lengths[1] == 18  # all-background: empty; unknown half + its border row
     assert torch.equal(torch.sort(torch.cat([sel.idxs, sel.inv_idxs])).values, torch.arange(B * 24))
+
+
+@pytest.mark.parametrize("kernel_size,patch", [(7, 16), (3, 8), (5, 4), (9, 8), (1, 8)])
+def test_edge_tokens_random_maps_match_pixel_variance(kernel_size, patch):
+    # Sparse random specks (single pixels near borders and corners included) and blocks: the
+    # per-token evaluation must equal the per-pixel reflect-padded variance of Eq. 4.
+    g = torch.Generator().manual_seed(kernel_size * 31 + patch)
+    B, h, w = 3, 3, 4
+    H, W = h * patch, w * patch
+    ref = torch.ones(B, H, W, dtype=torch.uint8)  # POSSIBLE_BG
+    for b in range(B):
+        n = int(torch.randint(1, 6, (1,), generator=g))
+        ys, xs = torch.randint(0, H, (n,), generator=g), torch.randint(0, W, (n,), generator=g)
+        vals = torch.randint(0, 5, (n,), generator=g).to(torch.uint8)
+        ref[b, ys, xs] = vals
+    ref[1, :3, :5] = 3
+    ref[2, H - 1, W - 1] = 0
+    r = kernel_size // 2
+    x = F.pad(ref[:, None].double(), (r, r, r, r), mode="reflect")[:, 0] if r else ref.double()
+    mask = edge_token_mask(ref, (h, w), kernel_size=kernel_size)
+    for b in range(B):
+        pix = torch.zeros(H, W, dtype=torch.bool)
+        for i in range(H):
+            for j in range(W):
+                win = x[b, i:i + kernel_size, j:j + kernel_size]
+                pix[i, j] = bool((win ** 2).mean() - win.mean() ** 2 > 1e-9) or ref[b, i, j] == 2  # Eq. 4
+        assert torch.equal(mask[b], pix.view(h, patch, w, patch).any(3).any(1).reshape(-1)), b
 
 
 # ----------------------------------------------------------------------------- BSQA
@@ -189,7 +216,7 @@ def test_dha_matches_dense_per_token_reference(which):
     mask = {"mixed": torch.rand(B, h * w) > 0.5, "empty": torch.zeros(B, h * w, dtype=torch.bool),
             "all": torch.ones(B, h * w, dtype=torch.bool)}[which]
     mask[0, 0] = which != "empty"
-    sel = TokenSelection.from_mask(mask)
+    sel = EdgeTokenSelection.from_mask(mask)
     out, _ = m(x, (h, w), sel)
     # reference: every token separately
     qkv = x.detach() @ m.qkv_proj.weight.T + m.qkv_proj.bias
@@ -236,7 +263,7 @@ def naive_hmoe(m: HybridMoE, x, index):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("backend", ["bmm", "loop"])
+@pytest.mark.parametrize("backend", ["auto", "bmm", "loop"])
 def test_hmoe_grouped_matches_per_token_loop(backend):
     torch.manual_seed(0)
     m = HybridMoE(embed_dim=16, hidden_dim=32, num_experts=4, backend=backend).double().eval()
@@ -255,6 +282,58 @@ def test_hmoe_grouped_matches_per_token_loop(backend):
     torch.testing.assert_close(m.experts_vanilla(x[index], torch.tensor([0, 1, 1, 3, 0, 2, 2, 1, 0])),
                                m.experts(x[index], torch.tensor([0, 1, 1, 3, 0, 2, 2, 1, 0])))
     assert m(x, index[:0]).shape == (30, 16)
+
+
+@pytest.mark.parametrize("skewed", [False, True])
+def test_hmoe_many_experts_padded_and_per_group_paths(skewed):
+    # 16 experts: balanced routing takes the padded batch, one expert holding most tokens the
+    # per-group loop (padding over MAX_PAD_RATIO); both equal a per-token loop, values and grads.
+    from segblocks.ops.grouped_gemm import MAX_PAD_RATIO, pad_ratio, select_grouped_gemm_backend
+
+    torch.manual_seed(1)
+    E = 16
+    m = HybridMoE(embed_dim=8, hidden_dim=32, num_experts=E).double().eval()
+    x = torch.randn(90, 8, dtype=F64, requires_grad=True)
+    a = torch.where(torch.rand(90) < 0.8, 3, torch.randint(0, E, (90,))) if skewed else torch.randperm(90) % E
+    counts = torch.bincount(a, minlength=E)
+    assert (pad_ratio(counts) > MAX_PAD_RATIO) == skewed
+    chosen = select_grouped_gemm_backend(x, m.select_ffn_w1, m.select_ffn_b1, counts=counts)
+    assert chosen.name == ("loop" if skewed else "bmm")
+    out = m.experts(x, a)
+
+    def expert(t, e):  # one token through routed expert e
+        hdn = F.silu(t @ m.select_ffn_w1[e].T + m.select_ffn_b1[e]) * (t @ m.select_ffn_w2[e].T + m.select_ffn_b2[e])
+        ln = m.select_ln
+        return F.layer_norm(hdn, hdn.shape[-1:], ln.weight, ln.bias, ln.eps) @ m.select_ffn_w3[e].T + m.select_ffn_b3[e]
+
+    ref = torch.stack([expert(x[i], e) for i, e in enumerate(a.tolist())])
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    params = [x, *m.parameters()]
+    for got, want in zip(torch.autograd.grad((out * g).sum(), params, allow_unused=True),
+                         torch.autograd.grad((ref * g).sum(), params, allow_unused=True)):
+        if want is not None:
+            torch.testing.assert_close(got, want)
+
+
+def test_hmoe_inference_weight_cache_follows_parameter_updates():
+    # Without autograd the stacked expert weights are cached; in-place updates (optimiser steps,
+    # load_state_dict) and dtype moves must invalidate the cache.
+    torch.manual_seed(2)
+    m = HybridMoE(embed_dim=8, hidden_dim=32, num_experts=16).eval()
+    x, a = torch.randn(50, 8), torch.randint(0, 16, (50,))
+    with torch.no_grad():
+        first = m.experts(x, a)
+        torch.testing.assert_close(first, m.experts_vanilla(x, a))
+        m.select_ffn_w1.mul_(2.0)  # in place: version counter moves
+        m.select_ffn_b3.add_(1.0)
+        torch.testing.assert_close(m.experts(x, a), m.experts_vanilla(x, a))
+        m.load_state_dict({k: v * 0.5 for k, v in m.state_dict().items()}, strict=True)
+        torch.testing.assert_close(m.experts(x, a), m.experts_vanilla(x, a))
+        m.double()
+        out = m.experts(x.double(), a)
+        assert out.dtype == F64
+        torch.testing.assert_close(out, m.experts_vanilla(x.double(), a))
 
 
 def test_hmoe_balancing_moves_bias_and_freezes():

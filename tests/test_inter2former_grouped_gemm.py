@@ -33,6 +33,30 @@ def test_grouped_gemm_matches_row_loop(backend):
     assert grouped_gemm(x[:0], torch.zeros(6, dtype=torch.long), w, b, backend=backend).shape == (0, 7)
 
 
+def test_auto_choice_weighs_padding_and_explains():
+    from segblocks.ops.grouped_gemm import explain_grouped_gemm
+
+    x, w = torch.randn(40, 6), torch.randn(4, 5, 6)
+    balanced = torch.tensor([0, 10, 20, 30, 40])
+    skewed = torch.tensor([0, 37, 38, 39, 40])  # padded batch 4 * 37 rows for 40
+    assert explain_grouped_gemm(x, balanced, w)["bmm"] == []
+    (reason,) = explain_grouped_gemm(x, skewed, w)["bmm"]
+    assert "E*L_max/M = 3.70 > MAX_PAD_RATIO" in reason
+    assert explain_grouped_gemm(x, skewed, w, backend="bmm")["bmm"] == []  # by name: runs
+    groups = torch.repeat_interleave(torch.arange(4), skewed.diff())
+    for offsets in (balanced, skewed):
+        groups = torch.repeat_interleave(torch.arange(4), offsets.diff())
+        torch.testing.assert_close(grouped_gemm(x, offsets, w), naive(x, groups, w, torch.zeros(4, 5)))
+
+
+def test_module_probe_is_cached():
+    from segblocks.ops._dispatch import module_available
+
+    module_available.cache_clear()
+    module_available("triton"), module_available("triton")
+    assert module_available.cache_info().hits >= 1
+
+
 def test_grouped_gemm_rejects_bad_offsets():
     with pytest.raises(ValueError, match="offsets must rise"):
         grouped_gemm(torch.randn(4, 3), torch.tensor([0, 3, 2]), torch.randn(2, 5, 3))

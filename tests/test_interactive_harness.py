@@ -297,7 +297,11 @@ def test_test_step_through_trainer(benchmark, tmp_path, empty, capsys):
         assert results[f"test/nof@{t}"] == (3 if empty else 0)
     assert "noc@85" in capsys.readouterr().out  # the printed table
     log_dir = Path(trainer.log_dir)
-    assert set(module.report_paths) >= {"csv", "json"} and all(p.parent == log_dir for p in module.report_paths.values())
+    files = {k: p for k, p in module.report_paths.items() if k in ("csv", "json", "png")}
+    assert set(files) >= {"csv", "json"} and all(p.parent == log_dir for p in files.values())
+    cases = {k for k in module.report_paths if k not in files}  # overlays of the 3 worst / 3 best samples
+    assert cases == {f"{kind}_{r}" for kind in ("worst", "best") for r in (1, 2, 3)}
+    assert all(module.report_paths[k].parent == log_dir / "click_cases" for k in cases)
     rows = list(csv.DictReader(open(log_dir / "per_sample_iou.csv")))
     assert [r["sample_id"] for r in rows] == [stem for stem, _, _ in records[:3]]
     assert all(len([k for k in r if k.startswith("iou@")]) == K for r in rows)

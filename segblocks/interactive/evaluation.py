@@ -34,7 +34,8 @@ each sample is charged ``1/B`` of the batch time, i.e. batch size 1 gives the la
 batches the throughput-equivalent time.
 
 :func:`write_click_report` writes ``per_sample_iou.csv``, ``per_sample_iou.json`` and the
-``miou_vs_clicks.png`` plot (matplotlib, from the ``plot`` extra, is imported only there).
+``miou_vs_clicks.png`` plot (matplotlib, from the ``plot`` extra, is imported only there);
+:func:`write_click_cases` the overlay pictures of the worst and best samples.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ __all__ = [
     "original_targets",
     "plot_miou_vs_clicks",
     "predictions_at_original",
+    "write_click_cases",
     "write_click_report",
 ]
 
@@ -308,3 +310,108 @@ def _number(value: float | torch.Tensor) -> float | None:
     """A JSON-safe float: NaN (untimed) becomes None."""
     value = float(value)
     return None if math.isnan(value) else value
+
+
+#: Folder (inside the report folder) of the pictures written by :func:`write_click_cases`.
+CASES_DIR = "click_cases"
+
+
+class _RecordLastDecode:
+    """An :class:`InteractiveModel` passing through to ``model`` that keeps the last decode's prompts and logits."""
+
+    def __init__(self, model: InteractiveModel) -> None:
+        self.model, self.prompts, self.logits = model, None, None
+
+    def encode(self, images: torch.Tensor, valid_size: torch.Tensor) -> Any:
+        return self.model.encode(images, valid_size)
+
+    def decode(self, state: Any, prompts: ClickPrompts, previous: torch.Tensor | None) -> torch.Tensor:
+        self.logits = self.model.decode(state, prompts, previous)
+        self.prompts = prompts
+        return self.logits
+
+
+def write_click_cases(
+    model: InteractiveModel,
+    dataloader: Any,
+    curves: Mapping[str, torch.Tensor],
+    out_dir: str | os.PathLike,
+    *,
+    eval_seed: int,
+    num_cases: int = 3,
+    noc_key: str = "noc@90",
+    sample_ids: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Overlay pictures of the ``num_cases`` worst and best samples of a test run.
+
+    Worst: most clicks to reach the IoU of ``noc_key`` (ties: lower final IoU); best: fewest
+    (ties: higher final IoU). Each chosen sample is run through :func:`evaluate_clicks` again with
+    its own click generator (:func:`~segblocks.interactive.clicker.sample_generators` keyed by
+    ``(eval_seed, dataset index)``, as :class:`~segblocks.lightning.InteractiveSegmentation`
+    evaluates), which reproduces the reported clicks and curve, and drawn with
+    :func:`segblocks.visualize.click_case_overlay` at the original resolution: the image, the
+    ground-truth outline, the final prediction and the numbered clicks.
+
+    Args:
+        model: the evaluated :class:`~segblocks.interactive.protocol.InteractiveModel` (eval mode).
+        dataloader: the test loader (or a list holding it): its ``dataset`` indexed by the curves'
+            ``sample_index`` and its ``collate_fn``.
+        curves: :meth:`~segblocks.metrics.InteractiveMetrics.per_sample_curves` output.
+        out_dir: the report folder; pictures go to ``out_dir/click_cases/{worst,best}_<rank>.png``.
+        eval_seed: the seed of the evaluation's click generators.
+        num_cases: pictures of each kind.
+        noc_key: the NoC column ranking the samples (the final IoU alone when absent).
+        sample_ids: names written in the captions (row order of ``curves``).
+
+    Returns:
+        ``{"worst_1": path, ..., "best_1": path, ...}``; empty when no sample has a dataset index.
+    """
+    from segblocks.interactive.clicker import sample_generators
+    from segblocks.visualize import click_case_overlay
+
+    if num_cases < 1:
+        raise ValueError(f"num_cases must be >= 1; got {num_cases}")
+    if isinstance(dataloader, (list, tuple)):
+        dataloader = dataloader[0]
+    ious = curves["iou"].double()
+    index = curves["sample_index"].long()
+    rows = [i for i in range(ious.shape[0]) if int(index[i]) >= 0]
+    if not rows:
+        return {}
+    K = ious.shape[1]
+    noc = curves[noc_key].double() if noc_key in curves else torch.zeros(ious.shape[0], dtype=torch.float64)
+    final = ious[:, -1]
+    worst = sorted(rows, key=lambda i: (-float(noc[i]), float(final[i]), i))[:num_cases]
+    best = sorted(rows, key=lambda i: (float(noc[i]), -float(final[i]), i))[:num_cases]
+    chosen = list(dict.fromkeys(worst + best))
+    dataset, collate = dataloader.dataset, dataloader.collate_fn
+    params = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+    device = params.device if params is not None else torch.device("cpu")
+    batch = collate([dataset[int(index[i])] for i in chosen])
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    recorder = _RecordLastDecode(model)
+    evaluate_clicks(recorder, batch, max_clicks=K, generator=sample_generators(eval_seed, index[chosen]))
+    gt, ignore = original_targets(batch)  # B x Hc x Wc
+    input_hw = (int(batch["image"].shape[-2]), int(batch["image"].shape[-1]))
+    pred = predictions_at_original(recorder.logits, input_hw, batch["valid_size"], batch["original_size"], tuple(gt.shape[-2:]))
+    clicks = recorder.prompts.clicks
+    out = Path(out_dir) / CASES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    ids = list(sample_ids) if sample_ids is not None else [""] * ious.shape[0]
+    for kind, picked in (("worst", worst), ("best", best)):
+        for rank, i in enumerate(picked, start=1):
+            b = chosen.index(i)
+            h0, w0 = (int(v) for v in batch["original_size"][b])
+            image = crop_and_resize_back(batch["image"][b].float(), batch["valid_size"][b].tolist(), (h0, w0))  # 3 x H0 x W0
+            image = image.clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()  # H0 x W0 x 3
+            placed = [(int(y), int(x), bool(lab)) for (y, x), lab in zip(clicks.coords[b].tolist(), clicks.labels[b].tolist()) if lab >= 0]
+            noc_text = f"{noc_key.upper()} {int(noc[i])}, " if noc_key in curves else ""
+            caption = f"{kind} {rank}: {ids[i] or int(index[i])}  {noc_text}IoU@{K} {float(final[i]):.3f}"
+            picture = click_case_overlay(
+                image, gt[b, :h0, :w0].cpu().numpy(), pred[b, :h0, :w0].cpu().numpy(), placed, caption=caption,
+                ignore=ignore[b, :h0, :w0].cpu().numpy(),
+            )
+            paths[f"{kind}_{rank}"] = out / f"{kind}_{rank}.png"
+            picture.save(paths[f"{kind}_{rank}"])
+    return paths

@@ -60,7 +60,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer  # noqa: E402
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar  # noqa: E402
-from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn  # noqa: E402
 
 import segblocks  # noqa: E402
@@ -69,6 +69,7 @@ __all__ = [
     "BASE_KEY",
     "CHECKPOINT_DEFAULTS",
     "LatestCheckpointLink",
+    "SegblocksArgumentParser",
     "SegblocksCLI",
     "Subcommand",
     "apply_thread_policy",
@@ -364,6 +365,23 @@ _THREADS_HELP = (
 )
 
 
+class SegblocksArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, accepting link targets for ``class_path`` entries that are functions.
+
+    :class:`SegblocksCLI` links ``data.num_classes`` / ``data.thing_classes`` into
+    ``model.init_args``; jsonargparse (4.x, ``_typehints.cached_get_class_parser``) then builds
+    the parser of a ``class_path`` with its parent's ``sub_add_kwargs``, link targets included,
+    and for a *function* (a registered model entry such as ``segblocks.models.focsam.focsam_tiny``,
+    at the top level or nested, as soon as a dotted override re-parses it) passes them to
+    ``add_function_arguments``, which takes no ``linked_targets``: every ``--model.init_args.*``
+    override then failed. The targets are dropped here; jsonargparse marks them not required right
+    after building the parser, and the link still fills them at instantiation.
+    """
+
+    def add_function_arguments(self, function, *args: Any, linked_targets: Any = None, **kwargs: Any) -> list[str]:
+        return super().add_function_arguments(function, *args, **kwargs)
+
+
 class SegblocksCLI(LightningCLI):
     """LightningCLI with shipped recipes, ``__base__`` composition, run folders and a thread policy.
 
@@ -372,6 +390,10 @@ class SegblocksCLI(LightningCLI):
     has those parameters (ignored otherwise), so a recipe never repeats the category list of its
     dataset. See the module docstring for the rest.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_class", SegblocksArgumentParser)
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -567,6 +589,8 @@ def _precompute_embeddings_command(argv: list[str]) -> int:
 
 register_subcommand("recipes", _recipes_command, "list the recipes shipped with segblocks (one line each)")
 register_subcommand("check-data", _check_data_command, "check every file of a recipe's data before training (-c RECIPE)")
+register_subcommand("demo", "segblocks.demo.app:main", "serve the click-to-segment demo page on 127.0.0.1 (needs the demo extra)")
+register_subcommand("export", "segblocks.export:main", "export a per-click decoder to ONNX and check it in onnxruntime (--model sam_tiny --out decoder.onnx)")
 register_subcommand(
     "precompute-embeddings", _precompute_embeddings_command, "write a frozen teacher's embeddings for distillation (-c RECIPE)"
 )
@@ -577,7 +601,7 @@ _RUN_HELP = {
     "fit": "train: segblocks fit -c recipes/pro_scale.yaml",
     "validate": "evaluate on the validation split: ... --ckpt_path runs/NAME/last.ckpt",
     "test": "evaluate on the test split (interactive recipes: the K-click NoC protocol)",
-    "predict": "run prediction",
+    "predict": "predict: PRO-SCALE/Mask2Former recipes + --data.predict_dir DIR write <default_root_dir>/predictions/",
 }
 
 

@@ -15,7 +15,7 @@ which replaces it (FocSAM stage 2, :meth:`segblocks.models.focsam.FocSAM.trainin
 :func:`~segblocks.interactive.evaluation.evaluate_clicks` per batch into
 :class:`~segblocks.metrics.InteractiveMetrics`; at epoch end the metrics are logged and printed as
 a table, and the test writes ``per_sample_iou.csv`` / ``.json`` and ``miou_vs_clicks.png`` into
-the trainer's log dir. Results do not depend on how the samples are split into batches or
+the trainer's log dir, with overlays of the 3 worst and 3 best samples in ``click_cases/``. Results do not depend on how the samples are split into batches or
 processes: each sample's click tie-breaks come from its own generator keyed by
 ``(eval_seed, dataset index)`` (:func:`~segblocks.interactive.clicker.sample_generators`), the
 metrics pool the samples of every process in dataset-index order, and the report rows follow
@@ -39,7 +39,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from segblocks.interactive.clicker import TRAIN_INNER_K, sample_generators
-from segblocks.interactive.evaluation import evaluate_clicks, write_click_report
+from segblocks.interactive.evaluation import evaluate_clicks, write_click_cases, write_click_report
 from segblocks.interactive.protocol import ClickPrompts, InteractiveModel
 from segblocks.interactive.training import iterative_training_loss
 from segblocks.lightning._loaders import batch_size_of
@@ -237,6 +237,9 @@ class InteractiveSegmentation(LightningModule):
         if self.trainer.is_global_zero:
             names = [ids.get(i, "") for i in curves["sample_index"].tolist()]
             self.report_paths = write_click_report(curves, out_dir, sample_ids=names, metrics=values)
+            self.report_paths.update(write_click_cases(
+                self.model, self.trainer.test_dataloaders, curves, out_dir, eval_seed=self.hparams.eval_seed, sample_ids=names
+            ))
             rank_zero_info(f"per-sample click curves written to {out_dir}")
         self.test_metrics.reset()
 

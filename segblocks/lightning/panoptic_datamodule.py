@@ -16,6 +16,7 @@ from segblocks.data import (
     make_synthetic_panoptic,
     synthetic_panoptic_meta,
 )
+from segblocks.data.predict import PredictImageDataset, collate_predict
 from segblocks.lightning.resumable_datamodule import ResumableDataModule
 
 __all__ = ["PanopticDataModule"]
@@ -32,6 +33,11 @@ class PanopticDataModule(ResumableDataModule):
     Batches come from :func:`~segblocks.data.collate_panoptic`. Test uses the val split.
     :attr:`meta`, :attr:`num_classes` and :attr:`thing_classes` are available right after
     construction (LightningCLI links them into the model before ``setup``).
+
+    Predict (``lightning predict -c recipes/pro_scale.yaml --ckpt_path ... --data.predict_dir DIR``)
+    reads the plain images under ``predict_dir`` (:class:`~segblocks.data.predict.PredictImageDataset`),
+    resized like val/test; :class:`~segblocks.lightning.UniversalSegmentation` writes the panoptic
+    PNGs and overlays (see its ``predict_step``).
 
     Args:
         root: COCO panoptic root; None → the synthetic dataset, generated under ``cache_dir``.
@@ -57,6 +63,7 @@ class PanopticDataModule(ResumableDataModule):
         synthetic_num_val: synthetic validation images.
         synthetic_image_size: side of the synthetic images.
         seed: synthetic generation seed.
+        predict_dir: folder of images (any size; searched recursively) for ``predict``.
     """
 
     def __init__(
@@ -82,6 +89,7 @@ class PanopticDataModule(ResumableDataModule):
         synthetic_num_val: int = 32,
         synthetic_image_size: int = 128,
         seed: int = 0,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0:
@@ -94,6 +102,7 @@ class PanopticDataModule(ResumableDataModule):
         self._meta: PanopticMeta | None = None
         self.train_dataset: COCOPanopticDataset | None = None
         self.val_dataset: COCOPanopticDataset | None = None
+        self.predict_dataset: PredictImageDataset | None = None
 
     @property
     def meta(self) -> PanopticMeta:
@@ -141,7 +150,10 @@ class PanopticDataModule(ResumableDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Generate the synthetic dataset once (no-op for real data)."""
+        """Generate the synthetic dataset once (no-op for real data, and for ``predict``, which reads ``predict_dir``)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.predicting:
+            return
         self._root()
 
     def _dataset(self, split: str, transform, keep_original_targets: bool = False) -> COCOPanopticDataset:
@@ -161,8 +173,15 @@ class PanopticDataModule(ResumableDataModule):
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the datasets needed by ``stage`` (``fit``: train and val; otherwise val)."""
+        """Build the datasets needed by ``stage`` (``fit``: train and val; ``predict``: ``predict_dir``; otherwise val)."""
         hp = self.hparams
+        if stage == "predict":
+            if hp.predict_dir is None:
+                raise ValueError("predict needs images: set --data.predict_dir DIR (a folder of .jpg/.png files)")
+            if self.predict_dataset is None:
+                eval_tf = PanopticEvalTransform(short_side=hp.eval_size, max_size=hp.eval_max_size)
+                self.predict_dataset = PredictImageDataset(root=hp.predict_dir, transform=eval_tf)
+            return
         if stage in (None, "fit") and self.train_dataset is None:
             train_tf = PanopticTrainTransform(crop_size=hp.crop_size, scale_range=tuple(hp.scale_range))
             self.train_dataset = self._dataset("train", train_tf)
@@ -188,3 +207,10 @@ class PanopticDataModule(ResumableDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        return self.loader(
+            self.predict_dataset, batch_size=hp.batch_size, train=False, num_workers=hp.num_workers,
+            collate_fn=functools.partial(collate_predict, size_divisibility=hp.size_divisibility),
+        )

@@ -10,10 +10,18 @@ AdamW (lr 1e-4, backbone lr × 0.1, weight decay 0.05, none on norms, biases and
 step decay ×0.1 at 0.9 and 0.95 of the training steps (:func:`segblocks.optim.configure_adamw`).
 Validation logs PQ/SQ/RQ, mIoU and mask AP and prints them as a table; undefined entries (e.g.
 AP-large on images without large objects) are left out of both.
+
+Prediction (``lightning predict -c recipes/pro_scale.yaml --ckpt_path ... --data.predict_dir DIR``)
+writes, under ``prediction_dir`` (default ``<trainer.default_root_dir>/predictions``):
+``panoptic/<image>.png`` (COCO panoptic PNG, ``id = R + 256·G + 256²·B``), ``overlay/<image>.png``
+(segments in their category colours with class names) and ``panoptic_predictions.json`` (COCO
+panoptic ``annotations`` with ``segments_info`` and ``categories``), at each image's original size
+(:mod:`segblocks.visualize`).
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -21,12 +29,14 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from segblocks.data import PanopticMeta, read_rgb_image
 from segblocks.metrics import MaskAP, PanopticQualityMetric, SemanticIoU, format_metrics_table
 from segblocks.models.mask2former.criterion import SetCriterion
 from segblocks.models.mask2former.matcher import HungarianMatcher
 from segblocks.models import create_model
 from segblocks.models.mask2former.model import Mask2Former, mask2former_from_parts
 from segblocks.optim import configure_adamw
+from segblocks.visualize import save_panoptic_prediction, write_panoptic_json
 
 __all__ = ["UniversalSegmentation"]
 
@@ -52,6 +62,7 @@ class UniversalSegmentation(LightningModule):
         lr, backbone_lr_multiplier, weight_decay: AdamW settings (1e-4, 0.1, 0.05).
         lr_decay_at, lr_decay: step decay milestones as fractions of the total steps, and factor.
         eval_tasks: which predictions validation/test evaluate.
+        prediction_dir: where ``predict`` writes its files (None: ``<trainer.default_root_dir>/predictions``).
     """
 
     def __init__(
@@ -80,6 +91,7 @@ class UniversalSegmentation(LightningModule):
         lr_decay_at: Sequence[float] = (0.9, 0.95),
         lr_decay: float = 0.1,
         eval_tasks: Sequence[str] = ("panoptic", "semantic", "instance"),
+        prediction_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -120,6 +132,9 @@ class UniversalSegmentation(LightningModule):
         self.eval_tasks = tuple(eval_tasks)
         self.val_metrics = self._make_metrics()
         self.test_metrics = self._make_metrics()
+        self._prediction_records: list[dict] = []
+        #: Folder of the last ``predict`` run's files (None before one).
+        self.prediction_path: Path | None = None
 
     def _make_metrics(self) -> nn.ModuleDict:
         k, things = self.hparams.num_classes, self.thing_classes
@@ -145,17 +160,19 @@ class UniversalSegmentation(LightningModule):
             self.log(f"train/{name}", losses[name], batch_size=bs)
         return loss
 
-    def _predict(self, batch: dict) -> list[dict]:
-        """Predictions at the original image size when the batch carries original-size targets."""
+    def _predict(self, batch: dict, *, tasks: Sequence[str] | None = None, at_original: bool | None = None) -> list[dict]:
+        """Predictions of ``tasks`` (default: the eval tasks), at the original image size when
+        ``at_original`` (default: when the batch carries original-size targets)."""
+        at_original = "orig_targets" in batch if at_original is None else at_original
         return self.model.postprocess(
             self.model(batch["images"]),
             tuple(batch["images"].shape[-2:]),
             batch["image_sizes"],
             thing_classes=self.thing_classes,
-            tasks=self.eval_tasks,
+            tasks=self.eval_tasks if tasks is None else tuple(tasks),
             object_mask_threshold=self.hparams.object_mask_threshold,
             overlap_threshold=self.hparams.overlap_threshold,
-            output_sizes=batch["orig_sizes"] if "orig_targets" in batch else None,
+            output_sizes=batch["orig_sizes"] if at_original else None,
         )
 
     def _evaluate(self, batch: dict, metrics: nn.ModuleDict) -> None:
@@ -194,8 +211,52 @@ class UniversalSegmentation(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
 
+    def _prediction_meta(self) -> PanopticMeta:
+        """Category names and colours: the datamodule's ``meta``, else generic ``class i`` names."""
+        meta = getattr(getattr(self.trainer, "datamodule", None), "meta", None)
+        if isinstance(meta, PanopticMeta) and meta.num_classes == self.hparams.num_classes:
+            return meta
+        things = set(self.thing_classes)
+        return PanopticMeta.from_coco_categories(
+            [{"id": i + 1, "name": f"class {i}", "isthing": i in things} for i in range(self.hparams.num_classes)]
+        )
+
+    def on_predict_epoch_start(self) -> None:
+        self._prediction_records = []
+        root = self.hparams.get("prediction_dir") or Path(self.trainer.default_root_dir) / "predictions"
+        self.prediction_path = Path(root)
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        return self._predict(batch)
+        """Panoptic predictions at each image's original size, ``[{"image_id", "panoptic": (seg, info)}]``.
+
+        For batches from ``predict_dir`` (they carry ``paths``) the files of the module docstring are
+        written too; the JSON at the end of the epoch (rank 0, every process's images).
+        """
+        if batch["images"].shape[0] == 0:  # the padding batch of a process without images
+            return []
+        preds = self._predict(batch, tasks=("panoptic",), at_original="orig_sizes" in batch)
+        out = [{"image_id": i, "panoptic": p["panoptic"]} for i, p in zip(batch["image_ids"], preds)]
+        if "paths" in batch:
+            meta = self._prediction_meta()
+            for path, image_id, (seg, info) in zip(batch["paths"], batch["image_ids"], (p["panoptic"] for p in out)):
+                image = read_rgb_image(path)  # the original: predictions are at its size
+                self._prediction_records.append(
+                    save_panoptic_prediction(self.prediction_path, str(image_id), image, seg.cpu().numpy(), info, meta)
+                )
+        return out
+
+    def on_predict_epoch_end(self) -> None:
+        if self.prediction_path is None:
+            return
+        records = self._prediction_records
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, records)  # COCO records are small dicts
+            records = [r for part in gathered for r in (part or [])]
+        if records and self.trainer.is_global_zero:
+            json_path = self.prediction_path / "panoptic_predictions.json"
+            write_panoptic_json(json_path, records, self._prediction_meta())
+            rank_zero_info(f"{len(records)} panoptic prediction(s) (PNG, overlay, JSON) written to {self.prediction_path}")
 
     def configure_optimizers(self):
         """AdamW with a backbone lr multiplier, no weight decay on norms/biases/embeddings, step decay (Mask2Former)."""

@@ -45,6 +45,7 @@ _MODEL_MODULES = (
     "segblocks.models.mst.model",
     "segblocks.models.focsam.model",
     "segblocks.models.inter2former.presets",
+    "segblocks.models.classical",
 )
 
 _entrypoints: dict[str, Callable[..., nn.Module]] = {}

@@ -7,11 +7,13 @@ declares what it supports (devices, dtypes, gradients, an importable module) and
 the caller names, and otherwise raises one error that lists why every backend refused.
 
 Optional modules (triton, xformers, mamba_ssm) are only imported when a backend is actually
-loaded, so ``import segblocks`` never imports them. Nothing here is global mutable state: the
-choice is made per call from the inputs (and the ``backend=`` argument the caller passes).
+loaded, so ``import segblocks`` never imports them. The only process-wide state is the cached
+answer of :func:`module_available` (installed packages do not change while a process runs): the
+choice itself is made per call from the inputs (and the ``backend=`` argument the caller passes).
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -27,8 +29,14 @@ class BackendUnavailable(RuntimeError):
     """No backend (or not the requested one) can run the given inputs."""
 
 
+@functools.lru_cache(maxsize=None)
 def module_available(name: str) -> bool:
-    """True when ``name`` can be imported (checked without importing it)."""
+    """True when ``name`` can be imported (checked without importing it).
+
+    Probed once per process and cached (``find_spec`` walks ``sys.path``, tens of µs, and the
+    dispatch asks on every call); ``module_available.cache_clear()`` re-probes after installing
+    a package into a running interpreter.
+    """
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):

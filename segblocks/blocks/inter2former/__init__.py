@@ -2,7 +2,7 @@
 High-Precision Interactive Segmentation"; code YouHuang67/inter2former), one module per concept:
 
 * :class:`DynamicPromptEmbedding` (DPE, §3.3, Eq. 1-3) — :mod:`.dpe`;
-* :func:`select_edge_tokens` / :class:`TokenSelection` (Eq. 4-5) — :mod:`.selection`;
+* :func:`select_edge_tokens` / :class:`EdgeTokenSelection` (Eq. 4-5) — :mod:`.selection`;
 * :class:`BSQAttention` (BSQA, §3.5, Eq. 7-14) — :mod:`.bsqa`;
 * :class:`DynamicHybridAttention` (DHA, §3.4, Eq. 5-6) — :mod:`.dha`;
 * :class:`HybridMoE` (HMoE, §3.6, Eq. 15-20) — :mod:`.hmoe`;
@@ -15,7 +15,7 @@ from segblocks.blocks.inter2former.dha import DynamicHybridAttention
 from segblocks.blocks.inter2former.dlu import DynamicLocalUpsampling, Upsample2x
 from segblocks.blocks.inter2former.dpe import DynamicPromptEmbedding, prompt_boxes
 from segblocks.blocks.inter2former.hmoe import HybridMoE
-from segblocks.blocks.inter2former.selection import TokenSelection, edge_token_mask, select_edge_tokens
+from segblocks.blocks.inter2former.selection import EdgeTokenSelection, edge_token_mask, select_edge_tokens
 
 __all__ = [
     "BSQAttention",
@@ -25,7 +25,7 @@ __all__ = [
     "DynamicLocalUpsampling",
     "DynamicPromptEmbedding",
     "HybridMoE",
-    "TokenSelection",
+    "EdgeTokenSelection",
     "Upsample2x",
     "edge_token_mask",
     "prompt_boxes",

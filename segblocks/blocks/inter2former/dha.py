@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from segblocks.blocks.inter2former.bsqa import BSQAttention
-from segblocks.blocks.inter2former.selection import TokenSelection
+from segblocks.blocks.inter2former.selection import EdgeTokenSelection
 from segblocks.layers.rope import VisionRotaryEmbedding2d
 from segblocks.ops._checks import check_int, check_module_dtype, check_tensor
 from segblocks.ops.varlen_attention import SeqLens, varlen_attention
@@ -59,7 +59,7 @@ class DynamicHybridAttention(nn.Module):
     Forward:
         x: ``(B, L, d)`` tokens, ``L = h * w`` row-major.
         grid: ``(h, w)``.
-        selection: :class:`~segblocks.blocks.inter2former.selection.TokenSelection` of the batch
+        selection: :class:`~segblocks.blocks.inter2former.selection.EdgeTokenSelection` of the batch
             (empty and all-selected both allowed).
         Returns ``(B, L, d)`` (the attention branch, before the residual) and the BSQ loss.
     """
@@ -93,7 +93,7 @@ class DynamicHybridAttention(nn.Module):
         self.bsqa = BSQAttention(head_dim=self.head_dim, code_size=code_size, beta=beta, backend=backend)
 
     def forward(
-        self, x: torch.Tensor, grid: tuple[int, int], selection: TokenSelection
+        self, x: torch.Tensor, grid: tuple[int, int], selection: EdgeTokenSelection
     ) -> tuple[torch.Tensor, torch.Tensor]:
         owner = type(self).__name__
         B, L, C = check_tensor(x, "x", owner=owner, shape=("B", "L", ("C", self.embed_dim)))
@@ -101,9 +101,9 @@ class DynamicHybridAttention(nn.Module):
         h, w = (check_int(v, "grid", owner=owner, minimum=1) for v in grid)
         if h * w != L:
             raise ValueError(f"{owner}: grid {h}x{w} holds {h * w} tokens but x has L={L}")
-        if not isinstance(selection, TokenSelection) or tuple(selection.mask.shape) != (B, L):
-            got = tuple(selection.mask.shape) if isinstance(selection, TokenSelection) else type(selection).__name__
-            raise ValueError(f"{owner}: selection must be a TokenSelection over ({B}, {L}) tokens; got {got}")
+        if not isinstance(selection, EdgeTokenSelection) or tuple(selection.mask.shape) != (B, L):
+            got = tuple(selection.mask.shape) if isinstance(selection, EdgeTokenSelection) else type(selection).__name__
+            raise ValueError(f"{owner}: selection must be a EdgeTokenSelection over ({B}, {L}) tokens; got {got}")
         heads = (self.num_heads, self.head_dim)
         qkv = self.qkv_proj(x.reshape(B * L, C)).view(B * L, 3, *heads)  # BL x 3 x H x D
         q, k, v = qkv.unbind(1)  # each BL x H x D

@@ -4,8 +4,8 @@ Every token goes through the shared expert ``FFN_M`` (Eq. 15); edge tokens are a
 among ``M`` experts by sigmoid affinity (Eq. 16-17) and mix the two outputs with softmax weights
 of the affinities (Eq. 18). Routed tokens are executed sorted by expert (Eq. 19-20):
 ``π = argsort(a)``, contiguous groups, one grouped GEMM per linear layer
-(:func:`segblocks.ops.grouped_gemm.grouped_gemm`: a padded batched matmul on CPU, a Triton kernel
-on GPU), then the inverse permutation.
+(:mod:`segblocks.ops.grouped_gemm`: per-expert ``addmm`` or one padded batched matmul on CPU,
+a Triton kernel on GPU), then the inverse permutation.
 
 Details from the authors' code (YouHuang67/inter2former, ``inter2former/necks/dpe_dha_hmoe.py``,
 ``HybridMoE``):
@@ -34,9 +34,14 @@ from torch import nn
 
 from segblocks.layers.mlp import SwiGLU
 from segblocks.ops._checks import check_finite_float, check_int, check_module_dtype, check_tensor
-from segblocks.ops.grouped_gemm import grouped_gemm, sort_by_group
+from segblocks.ops.grouped_gemm import select_grouped_gemm_backend
 
 __all__ = ["HybridMoE"]
+
+
+def _inverse_permutation(order: torch.Tensor) -> torch.Tensor:
+    """``inv`` with ``inv[order[i]] = i`` (``(M,)`` int64)."""
+    return torch.empty_like(order).index_copy_(0, order, torch.arange(order.numel(), device=order.device))
 
 
 class HybridMoE(nn.Module):
@@ -112,36 +117,89 @@ class HybridMoE(nn.Module):
         return a, w[:, 0], w[:, 1]
 
     def experts(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """Routed experts on ``x`` ``(M, d)`` with ids ``a``, sorted grouped execution (Eq. 19-20).
+        """Routed experts on ``x`` ``(M, d)`` with ids ``a`` ``(M,)``, sorted grouped execution (Eq. 19-20).
 
-        ``backend="auto"`` on CPU (and ``"bmm"``) keeps the whole expert FFN in the padded
-        ``(E, L_max, ·)`` layout: one scatter in, three batched matmuls, one gather out. Other
-        backends run :func:`~segblocks.ops.grouped_gemm.grouped_gemm` per linear on sorted rows.
+        One ``argsort`` of the ids (``π``, Eq. 19) makes every expert a contiguous group; ``w1``
+        and ``w2`` are stacked so one grouped GEMM computes both SwiGLU branches; the shared
+        sub-LayerNorm runs once on all rows. The grouped-GEMM backend
+        (:func:`~segblocks.ops.grouped_gemm.select_grouped_gemm_backend`; ``backend=`` picks one
+        by name) decides the layout:
+
+        * ``bmm`` (CPU, balanced experts): the whole FFN stays in the padded ``(E, L_max, ·)``
+          batch — one gather in, two batched matmuls, one gather out (:meth:`_experts_padded`);
+        * ``loop`` (CPU, padding over ``MAX_PAD_RATIO`` times the tokens): ``torch.split`` + one
+          ``addmm`` per expert, no padding;
+        * ``triton`` (CUDA): the grouped-GEMM kernel per layer on the sorted rows.
         """
-        if self.backend == "bmm" or (self.backend == "auto" and x.device.type == "cpu"):
-            return self._experts_padded(x, a)
-        order, offsets = sort_by_group(a, self.num_experts)  # π, Eq. 19
-        xs = x[order]  # M x d, contiguous groups (Eq. 20)
-        h1 = grouped_gemm(xs, offsets, self.select_ffn_w1, self.select_ffn_b1, backend=self.backend)  # M x hid
-        h2 = grouped_gemm(xs, offsets, self.select_ffn_w2, self.select_ffn_b2, backend=self.backend)  # M x hid
-        hidden = self.select_ln(F.silu(h1) * h2)
-        ys = grouped_gemm(hidden, offsets, self.select_ffn_w3, self.select_ffn_b3, backend=self.backend)  # M x d
-        return torch.empty_like(ys).index_copy(0, order, ys)  # π^-1
-
-    def _experts_padded(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """Eq. 19-20 in a zero-padded expert batch: row ``j`` of expert ``e`` at ``e * L + j``."""
         E, d = self.num_experts, self.embed_dim
-        order, offsets = sort_by_group(a, E)  # π, Eq. 19
-        slot = torch.empty_like(order)
-        slot[order] = torch.arange(order.numel(), device=a.device) - offsets[a[order]]  # rank within the group
-        L = int((offsets[1:] - offsets[:-1]).max())
-        flat = a * L + slot  # M: position in the padded batch
-        xp = x.new_zeros(E * L, d).index_copy_(0, flat, x).view(E, L, d)  # E x L x d, Eq. 20
-        h1 = torch.baddbmm(self.select_ffn_b1.unsqueeze(1), xp, self.select_ffn_w1.transpose(1, 2))  # E x L x hid
-        h2 = torch.baddbmm(self.select_ffn_b2.unsqueeze(1), xp, self.select_ffn_w2.transpose(1, 2))
-        hidden = self.select_ln(F.silu(h1) * h2)
-        y = torch.baddbmm(self.select_ffn_b3.unsqueeze(1), hidden, self.select_ffn_w3.transpose(1, 2))  # E x L x d
-        return y.reshape(E * L, d).index_select(0, flat)  # π^-1: back to token order
+        if x.shape[0] == 0:
+            return x.new_zeros(0, d)
+        order = torch.argsort(a)  # π, Eq. 19 (any order inside a group)
+        counts = torch.bincount(a, minlength=E)  # E
+        chosen = select_grouped_gemm_backend(x, self.select_ffn_w1, self.select_ffn_b1, counts=counts, backend=self.backend)
+        padded = chosen.name == "bmm"
+        w12, b12, w3 = self._expert_weights(padded)
+        if padded:
+            return self._experts_padded(x, a, order, counts, w12, b12, w3)
+        offsets = F.pad(counts.cumsum(0), (1, 0))  # E+1, group e = sorted rows offsets[e]:offsets[e+1]
+        gemm = chosen.load()
+        xs = x.index_select(0, order)  # M x d, grouped (Eq. 20)
+        h1, h2 = gemm(xs, offsets, w12, b12).chunk(2, dim=-1)  # M x hid each
+        hidden = self.select_ln(F.silu(h1) * h2)  # M x hid
+        ys = gemm(hidden, offsets, w3, self.select_ffn_b3)  # M x d
+        return ys.index_select(0, _inverse_permutation(order))  # π^-1: back to token order
+
+    def _expert_weights(self, padded: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The expert weights in the layout of the chosen path, ``w1`` and ``w2`` stacked.
+
+        Grouped GEMM (``padded=False``): ``w12`` ``(E, 2·hid, d)``, ``b12`` ``(E, 2·hid)``,
+        ``w3`` ``(E, d, hid)``. Padded batch: ``w12`` as ``(E, d, 2·hid)`` (the ``bmm`` right
+        operand), ``b12``, and ``[w3^T; b3]`` ``(E, hid + 1, d)``.
+
+        Without autograd (inference, the no-grad click simulation) the result is cached, contiguous,
+        and rebuilt only when a parameter changes (its storage or in-place version counter:
+        optimiser steps, ``load_state_dict``, ``.to()``); the cache holds the source storages so
+        they cannot be recycled under it.
+        """
+        ps = (self.select_ffn_w1, self.select_ffn_w2, self.select_ffn_b1, self.select_ffn_b2,
+              self.select_ffn_w3, self.select_ffn_b3)
+        grad = torch.is_grad_enabled()
+        if not grad:
+            key = (padded, torch.is_inference_mode_enabled()) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in ps)
+            cache = self.__dict__.get("_weight_cache")
+            if cache is not None and cache[0] == key:
+                return cache[2]
+        w12, b12 = torch.cat(ps[:2], dim=1), torch.cat(ps[2:4], dim=1)  # E x 2hid x d, E x 2hid
+        w3 = ps[4]  # E x d x hid
+        if padded:
+            w12 = w12.transpose(1, 2)  # E x d x 2hid
+            w3 = torch.cat([w3.transpose(1, 2), ps[5].unsqueeze(1)], dim=1)  # E x (hid+1) x d
+        out = (w12, b12, w3)
+        if not grad:
+            out = tuple(t.contiguous() for t in out)
+            self.__dict__["_weight_cache"] = (key, [p.data for p in ps], out)
+        return out
+
+    def _experts_padded(self, x, a, order, counts, w12t, b12, w3b) -> torch.Tensor:
+        """Eq. 19-20 in a padded expert batch: the ``j``-th token of expert ``e`` at row ``e · L + j``.
+
+        Padding rows re-read a real token (nothing is zero-filled); their outputs are never
+        gathered back, so they get zero gradient. ``b3`` rides along as an extra input column of
+        ones (``[h, 1] @ [w3^T; b3]``), cheaper than broadcasting it over the ``(E, L, d)`` output.
+        """
+        E, d = self.num_experts, self.embed_dim
+        L = int(counts.max())  # L_max
+        starts = counts.cumsum(0) - counts  # E: first sorted row of every expert
+        j = torch.arange(L, device=a.device)  # L
+        src = order.index_select(0, torch.where(j < counts[:, None], starts[:, None] + j, 0).view(-1))  # E*L tokens
+        rank = _inverse_permutation(order)  # M: sorted position of every token
+        slot = rank + (torch.arange(E, device=a.device) * L - starts).index_select(0, a)  # M: padded row of every token
+        xp = x.index_select(0, src).view(E, L, d)  # E x L x d, Eq. 20
+        h1, h2 = torch.baddbmm(b12.unsqueeze(1), xp, w12t).chunk(2, dim=-1)  # E x L x hid each
+        hidden = self.select_ln(F.silu(h1) * h2)  # E x L x hid
+        hidden = torch.cat([hidden, hidden.new_ones(E, L, 1)], dim=-1)  # E x L x (hid+1)
+        y = torch.bmm(hidden, w3b)  # E x L x d
+        return y.view(E * L, d).index_select(0, slot)  # M x d, token order
 
     def experts_vanilla(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """The unsorted baseline: a Python loop over the used experts with boolean masks (the

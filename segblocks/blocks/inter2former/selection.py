@@ -8,8 +8,20 @@ prediction), the mean filter uses **reflect** padding of 3, and every UNKNOWN pi
 as well — so at the first click (all UNKNOWN) every token is an edge token.
 
 A ``7 x 7`` window has non-zero variance exactly when it is not constant, i.e. when its maximum
-and minimum differ; that integer test (two max-pools) is used instead of the floating-point
-variance, so it is exact.
+and minimum differ; that integer test is used instead of the floating-point variance, so it is
+exact. It is evaluated per token, never per pixel (two strided pools instead of two stride-1
+``7 x 7`` pools over the full-resolution map, which took half of a 1024² decode):
+
+* reflect padding by ``r = k // 2 < H, W`` only repeats values of the window's in-image part
+  (the mirrored rows ``|i - 3|`` lie inside ``[0, i + 3]``), so a reflect-padded window is
+  constant iff its part clipped to the image is;
+* a ``16 x 16`` patch holds a pixel with a non-constant window iff the patch grown by ``r`` on
+  every side (clipped) is not constant (``r ≥ 1``): if that box is not constant it holds two
+  4-adjacent differing pixels (it is connected), and every adjacent pair of the grown box lies
+  inside the window of some pixel of the patch; the converse is immediate.
+
+So ``E`` is ``max ≠ min`` over ``(16 + 2r)``-wide boxes at stride 16 (``max_pool2d`` with padding
+``r``, whose ``-inf`` padding clips), OR an UNKNOWN pixel in the patch.
 """
 from __future__ import annotations
 
@@ -21,11 +33,11 @@ import torch.nn.functional as F
 from segblocks.interactive.ref_label import RefLabel
 from segblocks.ops._checks import check_int, check_tensor
 
-__all__ = ["TokenSelection", "edge_token_mask", "select_edge_tokens"]
+__all__ = ["EdgeTokenSelection", "edge_token_mask", "select_edge_tokens"]
 
 
 @dataclass(frozen=True, eq=False)
-class TokenSelection:
+class EdgeTokenSelection:
     """Which tokens of a ``(B, h*w)`` batch are edge tokens, in the packed layouts ``varlen_attention`` takes.
 
     Attributes:
@@ -45,9 +57,9 @@ class TokenSelection:
     tokens_per_sample: int
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> "TokenSelection":
+    def from_mask(cls, mask: torch.Tensor) -> "EdgeTokenSelection":
         """Build from a ``(B, L)`` bool mask."""
-        check_tensor(mask, "mask", owner="TokenSelection", shape=("B", "L"), dtype="bool")
+        check_tensor(mask, "mask", owner="EdgeTokenSelection", shape=("B", "L"), dtype="bool")
         B, L = mask.shape
         flat = mask.reshape(-1)
         counts = mask.sum(1).tolist()
@@ -87,18 +99,19 @@ def edge_token_mask(ref_label: torch.Tensor, grid: tuple[int, int], *, kernel_si
     if B == 0:
         return torch.zeros(0, h * w, dtype=torch.bool, device=ref_label.device)
     r = kernel_size // 2
-    x = ref_label[:, None].float()  # B x 1 x H x W (values 0..4: exact in float)
-    if r:
-        if r >= H or r >= W:
-            raise ValueError(f"{owner}: reflect padding {r} needs H, W > {r}; got {H}x{W}")
-        x = F.pad(x, (r, r, r, r), mode="reflect")
-    hi = F.max_pool2d(x, kernel_size, stride=1)  # B x 1 x H x W
-    lo = -F.max_pool2d(-x, kernel_size, stride=1)
-    pixel = (hi != lo) | (ref_label[:, None] == RefLabel.UNKNOWN)  # B x 1 x H x W
-    tokens = F.max_pool2d(pixel.float(), (H // h, W // w)) > 0  # B x 1 x h x w
-    return tokens.reshape(B, h * w)
+    if r >= H or r >= W:
+        raise ValueError(f"{owner}: reflect padding {r} needs H, W > {r}; got {H}x{W}")
+    sh, sw = H // h, W // w  # patch size
+    x = ref_label[:, None].to(torch.float32)  # B x 1 x H x W (values 0..4: exact in float)
+    unknown = F.max_pool2d((x == RefLabel.UNKNOWN).to(torch.float32), (sh, sw)) > 0  # B x 1 x h x w
+    if r == 0:  # 1 x 1 windows are constant
+        return unknown.reshape(B, h * w)
+    kernel = (sh + 2 * r, sw + 2 * r)  # the patch grown by r (padding r <= half the kernel: allowed)
+    hi = F.max_pool2d(x, kernel, stride=(sh, sw), padding=r)  # B x 1 x h x w
+    lo = -F.max_pool2d(-x, kernel, stride=(sh, sw), padding=r)
+    return ((hi != lo) | unknown).reshape(B, h * w)
 
 
-def select_edge_tokens(ref_label: torch.Tensor, grid: tuple[int, int], *, kernel_size: int = 7) -> TokenSelection:
-    """:func:`edge_token_mask` packed as a :class:`TokenSelection` (Eq. 5)."""
-    return TokenSelection.from_mask(edge_token_mask(ref_label, grid, kernel_size=kernel_size))
+def select_edge_tokens(ref_label: torch.Tensor, grid: tuple[int, int], *, kernel_size: int = 7) -> EdgeTokenSelection:
+    """:func:`edge_token_mask` packed as a :class:`EdgeTokenSelection` (Eq. 5)."""
+    return EdgeTokenSelection.from_mask(edge_token_mask(ref_label, grid, kernel_size=kernel_size))

@@ -126,6 +126,22 @@ class FocSAM(nn.Module):
         self.sam.prompt_encoder.requires_grad_(decoder_trainable)
         self.sam.mask_decoder.requires_grad_(decoder_trainable)
         self.refiner.requires_grad_(stage == "refiner")
+        self.train(self.training)
+
+    def frozen_modules(self) -> tuple[nn.Module, ...]:
+        """The parts this stage does not train: the image encoder, plus SAM's decoder in stage 2 (§4.1)."""
+        if self.stage == "decoder":
+            return (self.sam.image_encoder,)
+        return (self.sam.image_encoder, self.sam.prompt_encoder, self.sam.mask_decoder)
+
+    def train(self, mode: bool = True) -> "FocSAM":
+        """``nn.Module.train``, except that :meth:`frozen_modules` stay in eval mode, so that a
+        frozen part computes during training exactly what it computes at test (drop-path,
+        dropout or batch-norm statistics of an encoder never change its training-time output)."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
 
     def checkpoint_absent_keys(self, state_dict: dict[str, torch.Tensor]) -> tuple[str, ...]:
         """A file without refiner keys (a SAM run, e.g. ``recipes/sam.yaml``'s, with
