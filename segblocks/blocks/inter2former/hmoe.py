@@ -240,7 +240,7 @@ class HybridMoE(nn.Module):
         if self.training:
             self.update_bias(a)
         mixed = w_shared[:, None] * out[index] + w_expert[:, None] * self.experts(xe, a)  # M x d, Eq. 18
-        return out.index_copy(0, index, mixed)
+        return out.index_copy_(0, index, mixed)  # in place: the shared output is not saved for backward
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_experts={self.num_experts}, expert_dim={self.expert_dim}"

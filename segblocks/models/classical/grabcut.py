@@ -21,6 +21,10 @@ Click rule (the paper's interaction, §3.3 "user editing", driven by clicks):
 GrabCut then runs ``iterations`` rounds from that mask (``GC_INIT_WITH_MASK``); the GMMs are
 re-fitted from scratch at every click, so ``decode`` depends only on the clicks and the previous
 mask. The output is hard (``±10`` logits).
+
+Limitation of this rule: after the first click the probable foreground is the previous mask, so a
+positive click on a second, disconnected object adds its seed disk and whatever the colour models
+pull in around it, not the whole object (the benchmarks hold one object per image).
 """
 from __future__ import annotations
 

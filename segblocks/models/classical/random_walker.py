@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from segblocks.models._registry import register_model
-from segblocks.models.classical.base import ClassicalClickModel, border_ring, require_module
+from segblocks.models.classical.base import HARD_LOGIT, ClassicalClickModel, border_ring, require_module
 from segblocks.ops._checks import check_finite_float
 
 __all__ = ["RandomWalkerClickModel", "random_walker_clicks"]
@@ -64,7 +64,7 @@ class RandomWalkerClickModel(ClassicalClickModel):
         markers[negative] = 2
         markers[positive] = 1
         if not (markers == 2).any():  # a one- or two-pixel-wide image covered by the positive disk
-            return np.full(positive.shape, 10.0, dtype=np.float32)
+            return np.full(positive.shape, HARD_LOGIT, dtype=np.float32)
         data = image.astype(np.float64) / 255.0  # h x w x 3
         prob = segmentation.random_walker(
             data, markers, beta=self.beta, mode=self.mode, tol=self.tol, channel_axis=-1, return_full_prob=True
