@@ -5,8 +5,9 @@ All with the paper's 256-d decoder sizes at a 1024² input (64 x 64 tokens), unt
 
 * **(a) DPE vs Non-DPE** (same convolutions on the whole map) at object-area ratios 0.02-1.0;
 * **(b) DHA latency** vs area ratio (edge tokens = the object's boundary band, Eq. 4);
-* **(c) HMoE grouped** (sorted, one grouped GEMM per layer) vs the vanilla per-expert loop, 4-64
-  experts (paper: -56 to -85 %);
+* **(c) HMoE grouped** (one argsort, contiguous groups, the expert FFN as padded batched matmuls
+  or per-group ``addmm``) vs the vanilla per-expert loop with boolean masks, 4-64 experts
+  (paper: -56 to -85 %);
 * **(d) DLU vs Non-DLU** (full upsampling) at the same area ratios;
 * **BSQA** exact inference form vs full softmax attention, N = 1k-16k tokens;
 * **online per-click latency**: Inter2Former's decoder (DPE, 2 x DHA/HMoE, DLU, M_ref update) vs
@@ -159,9 +160,31 @@ def online(device, iters):
 
     with torch.no_grad():
         t_i2f, t_sam = time_ms(i2f, device, iters), time_ms(sam, device, iters)
+        stages = _decode_stages(neck, dlu, feat, edges, ref, update_ref_label_by_prediction, device, iters)
     print(f"== online per-click latency on {device}, 1024² (object area 0.1)")
     print(f"Inter2Former decoder {t_i2f:8.2f} ms   SAM ViT-B decoder {t_sam:8.2f} ms   ratio {t_i2f / t_sam:5.2f}x (paper ~1.25x)")
+    print("   Inter2Former stages, ms: " + "  ".join(f"{k} {v:.2f}" for k, v in stages.items()))
     return t_i2f, t_sam
+
+
+def _decode_stages(neck, dlu, feat, edges, ref, update, device, iters):
+    """Per-stage times of the decode above (same inputs), to show what dominates."""
+    B, d, h, w = feat.shape
+    prompt, _ = neck.dpe(ref)
+    sel = select_edge_tokens(ref, (h, w))
+    tokens = (feat + prompt).flatten(2).transpose(1, 2).contiguous()  # B x hw x d
+    out = {"DPE": time_ms(lambda: neck.dpe(ref), device, iters),
+           "selection": time_ms(lambda: select_edge_tokens(ref, (h, w)), device, iters)}
+    for i, blk in enumerate(neck.blocks):
+        out[f"DHA{i}"] = time_ms(lambda: tokens + blk.attn(blk.norm1(tokens), (h, w), sel)[0], device, iters)
+        tokens = tokens + blk.attn(blk.norm1(tokens), (h, w), sel)[0]
+        out[f"HMoE{i}"] = time_ms(lambda: tokens + blk.ffn(blk.norm2(tokens).reshape(B * h * w, d), sel.idxs), device, iters)
+        tokens = tokens + blk.ffn(blk.norm2(tokens).reshape(B * h * w, d), sel.idxs).view(B, h * w, d)
+    refined = tokens.transpose(1, 2).reshape(B, d, h, w)  # B x d x h x w
+    out["DLU"] = time_ms(lambda: dlu(refined, edges), device, iters)
+    logits, _ = dlu(refined, edges)
+    out["M_ref update"] = time_ms(lambda: update(ref, logits[:, 0] > 0), device, iters)
+    return out
 
 
 def plot(res, moe, path):

@@ -41,3 +41,27 @@ def test_precompute_embeddings_writes_one_file_per_image(tmp_path, capsys):
     assert files and f"val: {len(files)} embedding file(s)" in capsys.readouterr().out
     emb = torch.load(files[0], weights_only=True)
     assert emb.dtype == torch.float16 and emb.shape[-2:] == (4, 4)  # 64 px at stride 16
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "empty"), (b"PK\x03\x04" + b"x" * 64, "truncated"), (b"hello world", "not a file written by torch.save")],
+)
+def test_bad_ckpt_path_names_the_file_and_the_problem(tmp_path, content, message):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["validate", "-c", "recipes/pro_scale.yaml", f"--ckpt_path={bad}", f"--trainer.default_root_dir={tmp_path}"])
+    assert str(bad) in str(exc.value.code) and message in str(exc.value.code)
+
+
+def test_truncated_real_checkpoint_is_named(tmp_path):
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, good)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[:-300])
+    from segblocks.models.checkpoint import check_checkpoint_file
+
+    assert check_checkpoint_file(good) == good
+    with pytest.raises(ValueError, match="cut.ckpt.*(truncated|damaged)"):
+        check_checkpoint_file(cut)

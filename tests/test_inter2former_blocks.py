@@ -334,6 +334,9 @@ def test_hmoe_inference_weight_cache_follows_parameter_updates():
         out = m.experts(x.double(), a)
         assert out.dtype == F64
         torch.testing.assert_close(out, m.experts_vanilla(x.double(), a))
+    import copy
+
+    assert m._scratch and not copy.deepcopy(m)._scratch  # the cache is never copied or pickled
 
 
 def test_hmoe_balancing_moves_bias_and_freezes():

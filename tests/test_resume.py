@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -114,3 +114,44 @@ def test_rng_state_round_trip():
     assert torch.equal(torch.rand(3), draws[0])
     assert np.array_equal(np.random.rand(3), draws[1])
     assert random.random() == draws[2]
+
+
+class StopAfterStep(Callback):
+    """Simulates a killed run: stops the fit right after optimiser step ``step`` (its last.ckpt is saved)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            raise KeyboardInterrupt
+
+
+def _recipe_fit(root, cache, *extra: str) -> None:
+    from segblocks.lightning.cli import main
+
+    args = [
+        "fit", "-c", "recipes/pro_scale.yaml", f"--trainer.default_root_dir={root}", "--trainer.max_steps=6",
+        "--trainer.check_val_every_n_epoch=100", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+        "--last_checkpoint.every_n_train_steps=1", f"--data.cache_dir={cache}", "--data.synthetic_num_train=8",
+        "--data.synthetic_num_val=2", "--data.batch_size=2", *extra,
+    ]
+    try:
+        main(args)
+    except SystemExit as exc:  # Lightning turns the KeyboardInterrupt into exit status 1
+        if exc.code not in (0, 1, None):
+            raise
+
+
+def test_recipe_fit_killed_mid_epoch_resumes_exactly(tmp_path):
+    """pro_scale (albumentations crops, point-sampled losses, warm-up + poly lr): killed during step 4 of 6 (epochs of 4 steps)."""
+    cache = tmp_path / "cache"
+    _recipe_fit(tmp_path / "full", cache)
+    _recipe_fit(tmp_path / "cut", cache, "--trainer.callbacks+=test_resume.StopAfterStep", "--trainer.callbacks.step=4")
+    assert torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["global_step"] == 3  # step 4 was interrupted before its checkpoint
+    _recipe_fit(tmp_path / "cut", cache, f"--ckpt_path={tmp_path / 'cut' / 'last.ckpt'}")
+    full = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)
+    resumed = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)
+    assert full["global_step"] == resumed["global_step"] == 6
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key

@@ -426,6 +426,20 @@ class SegblocksCLI(LightningCLI):
         threads = apply_thread_policy(config.get("threads"))
         rank_zero_info(f"segblocks {segblocks.__version__}: {threads} torch thread(s)")
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads --ckpt_path here (for its hyperparameters) with torch.load: check the file first
+        # so that an empty, truncated or foreign file is named with what is wrong, not an unpickler error.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if isinstance(ckpt_path, (str, os.PathLike)) and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
+            from segblocks.models.checkpoint import check_checkpoint_file
+
+            try:
+                check_checkpoint_file(ckpt_path)
+            except (FileNotFoundError, ValueError) as err:
+                raise SystemExit(f"{self.parser.prog} {subcommand}: error: --ckpt_path: {err}") from None
+        super()._parse_ckpt_path()
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         logger = config.get("logger")

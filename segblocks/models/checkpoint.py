@@ -39,6 +39,7 @@ from torch import nn
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "CheckpointReport",
+    "check_checkpoint_file",
     "load_checkpoint",
     "read_state_dict",
     "resolve_checkpoint_path",
@@ -106,6 +107,40 @@ def _describe_load_error(file: Path, err: Exception) -> str:
     if head == b"PK":  # zip signature but no central directory: cut before its end
         return f"the torch zip archive has no end record; the file ({size} bytes) is probably truncated"
     return f"it is not a file written by torch.save (first bytes {head!r}; {err})"
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> Path:
+    """Refuse, before anything loads it, a checkpoint that is missing, empty, truncated or not from ``torch.save``.
+
+    Cheap structural checks only (the zip archive's records and checksums, or a pickle header),
+    so that ``--ckpt_path`` of a Lightning run fails with the file's name and what is wrong
+    instead of an unpickler's ``EOFError``.
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file and the problem.
+    """
+    file = resolve_checkpoint_path(path)
+    with open(file, "rb") as fh:
+        head = fh.read(2)
+    if zipfile.is_zipfile(file):
+        try:
+            with zipfile.ZipFile(file) as zf:
+                bad = zf.testzip()
+                names = zf.namelist()
+        except Exception as err:  # noqa: BLE001 - any failure here means a damaged archive
+            raise ValueError(f"checkpoint {file}: the zip archive is damaged ({err})") from err
+        if bad is not None:
+            raise ValueError(f"checkpoint {file}: the torch zip archive is damaged (member {bad!r}); probably truncated")
+        if not any(n.endswith("data.pkl") for n in names):
+            raise ValueError(f"checkpoint {file}: a zip archive but not one written by torch.save (no data.pkl)")
+        return file
+    if head == b"PK":
+        raise ValueError(
+            f"checkpoint {file}: the torch zip archive has no end record; the file ({file.stat().st_size} bytes) is probably truncated"
+        )
+    if head[:1] != b"\x80":
+        raise ValueError(f"checkpoint {file}: not a file written by torch.save (first bytes {head!r})")
+    return file
 
 
 def read_state_dict(path: str | os.PathLike, *, prefix: str = "") -> dict[str, torch.Tensor]:

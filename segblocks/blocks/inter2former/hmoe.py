@@ -39,6 +39,16 @@ from segblocks.ops.grouped_gemm import select_grouped_gemm_backend
 __all__ = ["HybridMoE"]
 
 
+class _Scratch(dict):
+    """Per-instance derived-tensor cache that copies and pickles as empty (never saved with the module)."""
+
+    def __deepcopy__(self, memo) -> "_Scratch":
+        return _Scratch()
+
+    def __reduce__(self):
+        return (_Scratch, ())
+
+
 def _inverse_permutation(order: torch.Tensor) -> torch.Tensor:
     """``inv`` with ``inv[order[i]] = i`` (``(M,)`` int64)."""
     return torch.empty_like(order).index_copy_(0, order, torch.arange(order.numel(), device=order.device))
@@ -166,7 +176,8 @@ class HybridMoE(nn.Module):
         grad = torch.is_grad_enabled()
         if not grad:
             key = (padded, torch.is_inference_mode_enabled()) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in ps)
-            cache = self.__dict__.get("_weight_cache")
+            scratch = self.__dict__.setdefault("_scratch", _Scratch())
+            cache = scratch.get("weights")
             if cache is not None and cache[0] == key:
                 return cache[2]
         w12, b12 = torch.cat(ps[:2], dim=1), torch.cat(ps[2:4], dim=1)  # E x 2hid x d, E x 2hid
@@ -177,7 +188,7 @@ class HybridMoE(nn.Module):
         out = (w12, b12, w3)
         if not grad:
             out = tuple(t.contiguous() for t in out)
-            self.__dict__["_weight_cache"] = (key, [p.data for p in ps], out)
+            scratch["weights"] = (key, [p.data for p in ps], out)
         return out
 
     def _experts_padded(self, x, a, order, counts, w12t, b12, w3b) -> torch.Tensor:

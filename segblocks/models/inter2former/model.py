@@ -125,7 +125,9 @@ class Inter2FormerNeck(nn.Module):
     def forward(self, x: torch.Tensor, ref_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, d, h, w = x.shape
         prompt, _ = self.dpe(ref_label)  # B x d x h x w, Eq. 1-3
-        tokens = (x + prompt).flatten(2).transpose(1, 2)  # B x hw x d, F_P
+        # B x hw x d, F_P; contiguous once here: the strided layout would otherwise propagate
+        # through every residual add and LayerNorm of the blocks (LN is ~8x slower on it)
+        tokens = (x + prompt).flatten(2).transpose(1, 2).contiguous()
         selection = select_edge_tokens(ref_label, (h, w), kernel_size=self.kernel_size)  # Eq. 4-5
         losses = []
         for block in self.blocks:
