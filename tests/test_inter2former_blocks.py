@@ -1,6 +1,7 @@
 """Inter2Former blocks against independent float64 references written here (loops, dense)."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -334,8 +335,6 @@ def test_hmoe_inference_weight_cache_follows_parameter_updates():
         out = m.experts(x.double(), a)
         assert out.dtype == F64
         torch.testing.assert_close(out, m.experts_vanilla(x.double(), a))
-    import copy
-
     assert m._scratch and not copy.deepcopy(m)._scratch  # the cache is never copied or pickled
 
 

@@ -43,7 +43,6 @@ def test_auto_choice_weighs_padding_and_explains():
     (reason,) = explain_grouped_gemm(x, skewed, w)["bmm"]
     assert "E*L_max/M = 3.70 > MAX_PAD_RATIO" in reason
     assert explain_grouped_gemm(x, skewed, w, backend="bmm")["bmm"] == []  # by name: runs
-    groups = torch.repeat_interleave(torch.arange(4), skewed.diff())
     for offsets in (balanced, skewed):
         groups = torch.repeat_interleave(torch.arange(4), offsets.diff())
         torch.testing.assert_close(grouped_gemm(x, offsets, w), naive(x, groups, w, torch.zeros(4, 5)))
@@ -81,6 +80,11 @@ got = torch.autograd.grad((out * g).sum(), (x, w, b))
 exp = torch.autograd.grad((ref * g.double()).sum(), (x, w, b))
 for a, c in zip(got, exp):
     torch.testing.assert_close(a.double(), c.double(), rtol=1e-4, atol=1e-3)
+# HMoE's triton path: w1/w2 stacked into one grouped GEMM, then w3, inverse permutation
+from segblocks.blocks.inter2former import HybridMoE
+m = HybridMoE(embed_dim=16, hidden_dim=32, num_experts=4, backend="triton").eval()
+xe, ae = torch.randn(37, 16), torch.randint(0, 4, (37,))
+torch.testing.assert_close(m.experts(xe, ae), m.experts_vanilla(xe, ae), rtol=1e-4, atol=1e-4)
 print("ok")
 """
 
