@@ -42,6 +42,15 @@ __all__ = [
 _BOX_KEYS = ("prompt_encoder.point_embeddings.2.weight", "prompt_encoder.point_embeddings.3.weight")
 
 
+
+def _check_same_width(prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder) -> None:
+    """The prompt tokens and the decoder's transformer must share one width ``C``."""
+    if prompt_encoder.embed_dim != mask_decoder.transformer_dim:
+        raise ValueError(
+            f"prompt_encoder.embed_dim ({prompt_encoder.embed_dim}) must equal "
+            f"mask_decoder.transformer_dim ({mask_decoder.transformer_dim})"
+        )
+
 class SamState(NamedTuple):
     """Per-image result of :meth:`SamModel.encode`.
 
@@ -79,11 +88,7 @@ class SamModel(nn.Module):
         preprocess: SamPreprocess | None = None,
     ) -> None:
         super().__init__()
-        if prompt_encoder.embed_dim != mask_decoder.transformer_dim:
-            raise ValueError(
-                f"prompt_encoder.embed_dim ({prompt_encoder.embed_dim}) must equal "
-                f"mask_decoder.transformer_dim ({mask_decoder.transformer_dim})"
-            )
+        _check_same_width(prompt_encoder, mask_decoder)
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
@@ -176,11 +181,7 @@ class SamDecoder(nn.Module):
 
     def __init__(self, *, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder) -> None:
         super().__init__()
-        if prompt_encoder.embed_dim != mask_decoder.transformer_dim:
-            raise ValueError(
-                f"prompt_encoder.embed_dim ({prompt_encoder.embed_dim}) must equal "
-                f"mask_decoder.transformer_dim ({mask_decoder.transformer_dim})"
-            )
+        _check_same_width(prompt_encoder, mask_decoder)
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
 
