@@ -14,6 +14,16 @@ one GPU). Rows:
   Target: Triton ≥ 1.0× xformers in bf16.
 * ``scan fwd+bwd``: :func:`segblocks.ops.selective_scan.selective_scan`, ``chunked`` vs the
   ``reference``; peer: mamba-ssm.
+* ``hmoe gemm fwd`` / ``fwd+bwd``: :func:`segblocks.ops.grouped_gemm.grouped_gemm` (Inter2Former
+  §3.6 HMoE experts), Triton vs the per-group ``loop`` reference; peer: one padded ``bmm``.
+  Sizes: 16 experts, 8192 edge tokens routed unevenly, 256 → 1024.
+* ``dcnv2 fwd`` / ``fwd+bwd``: :func:`segblocks.ops.deform_conv.modulated_deform_conv2d` (FocSAM
+  refine blocks), Triton im2col vs the ``pytorch`` (grid_sample im2col) path; 256 channels, 3×3,
+  64×64 map, batch 2; peer: none installed by default (mmcv ``ModulatedDeformConv2d``).
+* ``bsqa`` (inference): Inter2Former's BSQAttention exact ``O(N·2^S)`` inference form vs the
+  training form (softmax over the quantized keys through ``varlen_attention``), same weights:
+  ``max err`` between the two, ``x ref`` = training-form time / exact time; 4096 queries, 1024
+  keys, D = 32, S = 8.
 * ``hrsam 1024`` / ``hrsam 2048``: the HRSAM encoder forward (fp16/bf16 autocast-free, weights
   in the dtype) with each varlen backend; ratio vs ``grouped`` SDPA.
 
@@ -38,6 +48,9 @@ PLAN = [
     ("msda", "Triton MSDA fwd and fwd+bwd vs grid_sample reference; peer: MultiScaleDeformableAttention (CUDA ext)"),
     ("varlen", "Triton varlen attention fwd and fwd+bwd vs reference; peers: xformers BlockDiagonalMask, SDPA (grouped)"),
     ("scan", "selective_scan chunked vs reference; peer: mamba-ssm"),
+    ("gemm", "HMoE grouped GEMM fwd and fwd+bwd: Triton vs per-group loop reference; peer: padded bmm"),
+    ("dcn", "DCNv2 fwd and fwd+bwd: Triton im2col vs pytorch grid_sample im2col; peer: mmcv (not installed)"),
+    ("bsqa", "BSQA: exact inference form vs train-mode softmax over quantized keys (error and speed)"),
     ("hrsam", "HRSAM encoder forward at 1024² and 2048² with each varlen backend (xformers, triton, flex, grouped, padded)"),
 ]
 
@@ -77,10 +90,10 @@ def check_msda(table: Table, iters: int) -> None:
     from segblocks.ops.ms_deform_attn import ms_deform_attn
 
     dev = torch.device("cuda")
-    shapes = torch.tensor([[25, 42], [50, 84], [100, 168]], device=dev)
-    sizes = shapes.prod(1)
-    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    S, Lq, M, D, L, P = int(sizes.sum()), int(sizes.sum()), 8, 32, 3, 4
+    shapes = [(25, 42), (50, 84), (100, 168)]  # Python level shapes: no host sync per call
+    starts = None  # derived from the shapes
+    S = sum(h * w for h, w in shapes)
+    Lq, M, D, L, P = S, 8, 32, 3, 4
     for name in DTYPES:
         dtype = getattr(torch, name)
         try:
@@ -175,6 +188,105 @@ def check_scan(table: Table, iters: int) -> None:
         table.add("scan", "float32", note=f"failed: {type(exc).__name__}: {str(exc)[:120]}")
 
 
+def _errors(out, ref64, inputs, g) -> tuple[float, float]:
+    """Max |out - ref64| and max gradient error w.r.t. ``inputs`` (float64 reference)."""
+    err = (out.double() - ref64).abs().max().item()
+    grads = torch.autograd.grad(out, inputs, g)
+    grads64 = torch.autograd.grad(ref64, inputs, g.double())
+    return err, max((a.double() - b).abs().max().item() for a, b in zip(grads, grads64))
+
+
+def check_gemm(table: Table, iters: int) -> None:
+    from segblocks.ops.grouped_gemm import grouped_gemm
+
+    dev = torch.device("cuda")
+    E, M, K, N = 16, 8192, 256, 1024
+    counts = torch.distributions.Dirichlet(torch.ones(E)).sample() * M  # uneven routing
+    counts = counts.floor().long()
+    counts[-1] += M - counts.sum()
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(dev)  # E + 1
+    for name in DTYPES:
+        dtype = getattr(torch, name)
+        try:
+            x = torch.randn(M, K, device=dev, dtype=dtype, requires_grad=True)
+            w = (torch.randn(E, N, K, device=dev, dtype=dtype) * K ** -0.5).requires_grad_()
+            b = torch.randn(E, N, device=dev, dtype=dtype, requires_grad=True)
+            out = grouped_gemm(x, offsets, w, b, backend="triton")
+            ref64 = grouped_gemm(x.double(), offsets, w.double(), b.double(), backend="loop")
+            g = torch.randn_like(out)
+            err, gerr = _errors(out, ref64, (x, w, b), g)
+
+            def run(bk, bwd):
+                o = grouped_gemm(x, offsets, w, b, backend=bk)
+                if bwd:
+                    o.backward(g)
+
+            for what, bwd in (("fwd", False), ("fwd+bwd", True)):
+                t_k = _time(lambda: run("triton", bwd), iters)
+                t_r = _time(lambda: run("loop", bwd), iters)
+                t_p = _time(lambda: run("bmm", bwd), iters)
+                table.add(f"hmoe gemm {what}", name, gerr if bwd else err, t_k, t_r / t_k, t_p / t_k,
+                          "ref = per-group loop, peer = padded bmm")
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            table.add("hmoe gemm", name, note=f"failed: {type(exc).__name__}: {str(exc)[:120]}")
+
+
+def check_dcn(table: Table, iters: int) -> None:
+    from segblocks.ops.deform_conv import modulated_deform_conv2d
+
+    dev = torch.device("cuda")
+    B, C, H, W = 2, 256, 64, 64
+    for name in DTYPES:
+        dtype = getattr(torch, name)
+        try:
+            x = torch.randn(B, C, H, W, device=dev, dtype=dtype, requires_grad=True)
+            off = (torch.randn(B, 18, H, W, device=dev, dtype=dtype) * 2).requires_grad_()
+            mask = torch.rand(B, 9, H, W, device=dev, dtype=dtype, requires_grad=True)
+            w = (torch.randn(C, C, 3, 3, device=dev, dtype=dtype) * (9 * C) ** -0.5).requires_grad_()
+
+            def run(bk, bwd, cast=None):
+                args = (x, off, mask, w) if cast is None else tuple(t.to(cast) for t in (x, off, mask, w))
+                o = modulated_deform_conv2d(*args, padding=1, backend=bk)
+                if bwd:
+                    o.backward(g)
+                return o
+
+            out = run("triton", False)
+            ref64 = run("pytorch", False, torch.float64)
+            g = torch.randn_like(out)
+            err, gerr = _errors(out, ref64, (x, off, mask, w), g)
+            for what, bwd in (("fwd", False), ("fwd+bwd", True)):
+                t_k = _time(lambda: run("triton", bwd), iters)
+                t_r = _time(lambda: run("pytorch", bwd), iters)
+                table.add(f"dcnv2 {what}", name, gerr if bwd else err, t_k, t_r / t_k, "",
+                          "ref = grid_sample im2col; peer skipped: mmcv not installed")
+        except Exception as exc:  # noqa: BLE001
+            table.add("dcnv2", name, note=f"failed: {type(exc).__name__}: {str(exc)[:120]}")
+
+
+def check_bsqa(table: Table, iters: int) -> None:
+    from segblocks.blocks.inter2former.bsqa import BSQAttention
+
+    dev = torch.device("cuda")
+    nq, nk, D = 4096, 1024, 32
+    for name in DTYPES:
+        dtype = getattr(torch, name)
+        try:
+            attn = BSQAttention(head_dim=D, code_size=8).to(dev, dtype).eval()
+            q, k, v = (torch.randn(n, 1, D, device=dev, dtype=dtype) for n in (nq, nk, nk))
+            with torch.no_grad():
+                exact, _ = attn(q, k, v, [nq], [nk], exact=True)
+                soft64, _ = attn.double()(q.double(), k.double(), v.double(), [nq], [nk], exact=False)
+                attn.to(dtype)
+                err = (exact.double() - soft64).abs().max().item()
+                t_e = _time(lambda: attn(q, k, v, [nq], [nk], exact=True), iters)
+                t_s = _time(lambda: attn(q, k, v, [nq], [nk], exact=False), iters)
+            table.add("bsqa inference", name, err, t_e, t_s / t_e, "",
+                      "err = exact vs float64 train-mode softmax; x ref = train-mode time / exact time")
+        except Exception as exc:  # noqa: BLE001
+            table.add("bsqa", name, note=f"failed: {type(exc).__name__}: {str(exc)[:120]}")
+
+
 def check_hrsam(table: Table, iters: int) -> None:
     from segblocks.blocks.hrsam_attention import FlexibleLocalAttention
     from segblocks.models.hrsam.encoder import HRSAMEncoder
@@ -220,11 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__}")
     table = Table()
-    checks = {"msda": check_msda, "varlen": check_varlen, "scan": check_scan, "hrsam": check_hrsam}
+    checks = {"msda": check_msda, "varlen": check_varlen, "scan": check_scan, "gemm": check_gemm, "dcn": check_dcn,
+              "bsqa": check_bsqa, "hrsam": check_hrsam}
     from segblocks.ops._dispatch import module_available
 
     for key, _ in plan:
-        if key in ("msda", "varlen") and not module_available("triton"):
+        if key in ("msda", "varlen", "gemm", "dcn") and not module_available("triton"):
             _skip(table, key, "triton is not installed")
             continue
         start = time.perf_counter()

@@ -17,7 +17,7 @@ def _run(*args):
 def test_gpu_check_dry_run_prints_plan_and_exits_0():
     out = _run("--dry-run")
     assert out.returncode == 0, out.stderr
-    for key in ("msda", "varlen", "scan", "hrsam"):
+    for key in ("msda", "varlen", "scan", "gemm", "dcn", "bsqa", "hrsam"):
         assert f"  {key}" in out.stdout
     assert "dry run: nothing executed" in out.stdout
 

@@ -265,3 +265,31 @@ def test_module_bad_inputs():
         mod(query[..., :4], ref, value_input, shapes, starts)
     with pytest.raises(ValueError, match="padding_mask"):
         mod(query, ref, value_input, shapes, starts, torch.zeros(2, 42))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_python_level_shapes_match_tensor_api(backend):
+    """Python (H, W) pairs (no host read) give the Deformable DETR tensor API's result."""
+    value, shapes, starts, loc, attn = make_inputs(B=1, Lq=2)
+    want = ms_deform_attn(value, shapes, starts, loc, attn, backend=backend)
+    got = ms_deform_attn(value, SHAPES, None, loc, attn, backend=backend)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    with pytest.raises(TypeError, match="integer"):
+        ms_deform_attn(value, [(5.0, 7), (3, 2), (1, 1)], None, loc, attn, backend=backend)
+    with pytest.raises(ValueError, match="S=42"):
+        ms_deform_attn(value, [(5, 7), (3, 2), (1, 2)], None, loc, attn, backend=backend)
+
+
+def test_module_takes_python_level_shapes_without_host_reads(monkeypatch):
+    """MSDeformAttn with Python shapes never calls Tensor.tolist / item (no host sync on CUDA)."""
+    mod = MSDeformAttn(d_model=8, n_levels=3, n_heads=2, n_points=2, backend="pytorch")
+    query, ref, value_input, shapes, starts = _module_inputs()
+    want = mod(query, ref, value_input, shapes, starts)
+
+    def boom(*_, **__):
+        raise AssertionError("host read of a tensor in the forward pass")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", boom)
+    monkeypatch.setattr(torch.Tensor, "item", boom)
+    got = mod(query, ref, value_input, SHAPES)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)

@@ -13,6 +13,12 @@ offset and mask gradients over channels in registers (plain stores, deterministi
 only the input gradient with ``tl.atomic_add`` into a float32 buffer (not bitwise deterministic
 on CUDA). Accumulation is float32 whatever the input dtype. Under ``TRITON_INTERPRET=1`` (the CPU
 tests) the tile sizes are fixed small.
+
+The launches are ``torch.library`` custom ops, ``segblocks::deform_im2col`` and
+``segblocks::deform_im2col_backward``, registered when this module is imported (when the Triton
+backend is first loaded; ``import segblocks`` never imports triton), with fake implementations
+and an autograd formula: ``torch.compile`` traces through them and ``torch.export`` keeps them
+as nodes.
 """
 from __future__ import annotations
 
@@ -22,9 +28,8 @@ import os
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
-__all__ = ["DeformIm2colFunction", "deform_im2col_triton"]
+__all__ = ["deform_im2col_triton"]
 
 
 def _blocks() -> tuple[int, int]:
@@ -151,47 +156,74 @@ def _launch_args(x, offset, mask, kernel_size, stride, padding, dilation):
     return B, C, H, W, Ho, Wo, K, G
 
 
-class DeformIm2colFunction(torch.autograd.Function):
-    """Differentiable w.r.t. input, offset and mask; returns float32 columns (B, C, K, Ho·Wo)."""
+@torch.library.custom_op("segblocks::deform_im2col", mutates_args=())
+def _im2col_forward(
+    x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
+    kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int],
+) -> torch.Tensor:
+    """Float32 columns ``(B, C, K, Ho·Wo)``."""
+    x, offset, mask = x.contiguous(), offset.contiguous(), mask.contiguous()
+    B, C, H, W, Ho, Wo, K, G = _launch_args(x, offset, mask, kernel_size, stride, padding, dilation)
+    L = Ho * Wo
+    cols = torch.zeros(B, C, K, L, device=x.device, dtype=torch.float32)
+    bp, bc = _blocks()
+    if B * C * L > 0:
+        with _device_ctx(x):
+            _fwd_kernel[(triton.cdiv(L, bp), B * G * K)](
+                x, offset, mask, cols, C, H, W, Wo, L, G, C // G,
+                stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+                K=K, KW=kernel_size[1], BLOCK_P=bp, BLOCK_C=bc,
+            )
+    return cols
 
-    @staticmethod
-    def forward(ctx, x, offset, mask, kernel_size, stride, padding, dilation):
-        x, offset, mask = x.contiguous(), offset.contiguous(), mask.contiguous()
-        B, C, H, W, Ho, Wo, K, G = _launch_args(x, offset, mask, kernel_size, stride, padding, dilation)
-        L = Ho * Wo
-        cols = torch.zeros(B, C, K, L, device=x.device, dtype=torch.float32)
-        bp, bc = _blocks()
-        if B * C * L > 0:
-            with _device_ctx(x):
-                _fwd_kernel[(triton.cdiv(L, bp), B * G * K)](
-                    x, offset, mask, cols, C, H, W, Wo, L, G, C // G,
-                    stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-                    K=K, KW=kernel_size[1], BLOCK_P=bp, BLOCK_C=bc,
-                )
-        ctx.save_for_backward(x, offset, mask)
-        ctx.conf = (kernel_size, stride, padding, dilation)
-        return cols
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_cols):
-        x, offset, mask = ctx.saved_tensors
-        kernel_size, stride, padding, dilation = ctx.conf
-        B, C, H, W, Ho, Wo, K, G = _launch_args(x, offset, mask, kernel_size, stride, padding, dilation)
-        L = Ho * Wo
-        grad_cols = grad_cols.contiguous()
-        grad_x = torch.zeros(x.shape, device=x.device, dtype=torch.float32)  # atomics in fp32
-        grad_off = torch.zeros(offset.shape, device=x.device, dtype=torch.float32)
-        grad_mask = torch.zeros(mask.shape, device=x.device, dtype=torch.float32)
-        bp, bc = _blocks()
-        if B * C * L > 0:
-            with _device_ctx(x):
-                _bwd_kernel[(triton.cdiv(L, bp), B * G * K)](
-                    x, offset, mask, grad_cols, grad_x, grad_off, grad_mask, C, H, W, Wo, L, G, C // G,
-                    stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-                    K=K, KW=kernel_size[1], BLOCK_P=bp, BLOCK_C=bc,
-                )
-        return grad_x.to(x.dtype), grad_off.to(offset.dtype), grad_mask.to(mask.dtype), None, None, None, None
+@_im2col_forward.register_fake
+def _(x, offset, mask, kernel_size, stride, padding, dilation):
+    B, C = x.shape[:2]
+    Ho, Wo = offset.shape[-2:]
+    return x.new_empty(B, C, kernel_size[0] * kernel_size[1], Ho * Wo, dtype=torch.float32)
+
+
+@torch.library.custom_op("segblocks::deform_im2col_backward", mutates_args=())
+def _im2col_backward(
+    grad_cols: torch.Tensor, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
+    kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, offset, mask, grad_cols = x.contiguous(), offset.contiguous(), mask.contiguous(), grad_cols.contiguous()
+    B, C, H, W, Ho, Wo, K, G = _launch_args(x, offset, mask, kernel_size, stride, padding, dilation)
+    L = Ho * Wo
+    grad_x = torch.zeros(x.shape, device=x.device, dtype=torch.float32)  # atomics in fp32
+    grad_off = torch.zeros(offset.shape, device=x.device, dtype=torch.float32)
+    grad_mask = torch.zeros(mask.shape, device=x.device, dtype=torch.float32)
+    bp, bc = _blocks()
+    if B * C * L > 0:
+        with _device_ctx(x):
+            _bwd_kernel[(triton.cdiv(L, bp), B * G * K)](
+                x, offset, mask, grad_cols, grad_x, grad_off, grad_mask, C, H, W, Wo, L, G, C // G,
+                stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+                K=K, KW=kernel_size[1], BLOCK_P=bp, BLOCK_C=bc,
+            )
+    return grad_x.to(x.dtype), grad_off.to(offset.dtype), grad_mask.to(mask.dtype)
+
+
+@_im2col_backward.register_fake
+def _(grad_cols, x, offset, mask, kernel_size, stride, padding, dilation):
+    return x.new_empty(x.shape), offset.new_empty(offset.shape), mask.new_empty(mask.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, offset, mask, *conf = inputs
+    ctx.save_for_backward(x, offset, mask)
+    ctx.conf = conf
+
+
+def _backward(ctx, grad_cols):
+    x, offset, mask = ctx.saved_tensors
+    grad_x, grad_off, grad_mask = _im2col_backward(grad_cols, x, offset, mask, *ctx.conf)
+    return grad_x, grad_off, grad_mask, None, None, None, None
+
+
+_im2col_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def deform_im2col_triton(
@@ -203,5 +235,11 @@ def deform_im2col_triton(
     padding: tuple[int, int],
     dilation: tuple[int, int],
 ) -> torch.Tensor:
-    """Triton modulated deformable im2col; arguments and result as ``deform_im2col_pytorch``."""
-    return DeformIm2colFunction.apply(input, offset, mask, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+    """Triton modulated deformable im2col; arguments and result as ``deform_im2col_pytorch``.
+
+    Runs ``torch.ops.segblocks.deform_im2col`` (differentiable w.r.t. input, offset and mask).
+    """
+    return torch.ops.segblocks.deform_im2col(
+        input, offset, mask, [int(v) for v in kernel_size], [int(v) for v in stride],
+        [int(v) for v in padding], [int(v) for v in dilation],
+    )

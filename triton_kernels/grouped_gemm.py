@@ -11,18 +11,24 @@ Backward: ``dx`` is the same kernel with the transposed weights; ``dW[e] = dy_e^
 ``db[e] = Σ dy_e`` are reduced per expert in PyTorch (a padded ``bmm``).
 
 Under ``TRITON_INTERPRET=1`` (CPU tests) one small configuration is used.
+
+The launches are ``torch.library`` custom ops, ``segblocks::grouped_gemm`` and
+``segblocks::grouped_gemm_backward``, registered when this module is imported (when the Triton
+backend is first loaded; ``import segblocks`` never imports triton), with fake implementations
+and an autograd formula: ``torch.compile`` traces through them and ``torch.export`` keeps them
+as nodes (the tile table's host read of ``offsets`` happens inside the op, out of the graph).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
-__all__ = ["GroupedGemmFunction", "grouped_gemm_triton"]
+__all__ = ["grouped_gemm_triton"]
 
 
 def _blocks() -> tuple[int, int, int]:
@@ -94,38 +100,62 @@ def _launch(x: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor, bias: 
     return out
 
 
-class GroupedGemmFunction(torch.autograd.Function):
-    """Autograd wrapper: differentiable w.r.t. ``x``, ``weight`` and ``bias``."""
+@torch.library.custom_op("segblocks::grouped_gemm", mutates_args=())
+def _gg_forward(x: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    bias = bias.contiguous() if bias is not None else None
+    return _launch(x.contiguous(), offsets.contiguous(), weight.contiguous(), bias)
 
-    @staticmethod
-    def forward(ctx, x, offsets, weight, bias):
-        x, weight = x.contiguous(), weight.contiguous()
-        bias = bias.contiguous() if bias is not None else None
-        offsets = offsets.contiguous()
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, offsets, weight)
-        return _launch(x, offsets, weight, bias)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        from segblocks.ops.grouped_gemm.naive import group_rows
+@_gg_forward.register_fake
+def _(x, offsets, weight, bias):
+    return x.new_empty(x.shape[0], weight.shape[1])
 
-        x, offsets, weight = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        E, N, K = weight.shape
-        grad_x = _launch(grad_out, offsets, weight.transpose(1, 2).contiguous(), None)  # M x K
-        group, slot, L = group_rows(offsets)
-        flat = group * L + slot  # M
-        gy = grad_out.new_zeros(E * L, N).index_copy(0, flat, grad_out).view(E, L, N)  # E x L x N
-        gx = x.new_zeros(E * L, K).index_copy(0, flat, x).view(E, L, K)  # E x L x K
-        grad_w = torch.bmm(gy.transpose(1, 2).float(), gx.float()).to(weight.dtype)  # E x N x K
-        grad_b = gy.float().sum(1).to(weight.dtype) if ctx.has_bias else None  # E x N
-        return grad_x, None, grad_w, grad_b
+
+@torch.library.custom_op("segblocks::grouped_gemm_backward", mutates_args=())
+def _gg_backward(
+    grad_out: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dx, dW, db)``; ``db`` is returned even without a bias (the autograd formula drops it)."""
+    from segblocks.ops.grouped_gemm.naive import group_rows
+
+    x, offsets, weight, grad_out = x.contiguous(), offsets.contiguous(), weight.contiguous(), grad_out.contiguous()
+    E, N, K = weight.shape
+    grad_x = _launch(grad_out, offsets, weight.transpose(1, 2).contiguous(), None)  # M x K
+    group, slot, L = group_rows(offsets)
+    flat = group * L + slot  # M
+    gy = grad_out.new_zeros(E * L, N).index_copy(0, flat, grad_out).view(E, L, N)  # E x L x N
+    gx = x.new_zeros(E * L, K).index_copy(0, flat, x).view(E, L, K)  # E x L x K
+    grad_w = torch.bmm(gy.transpose(1, 2).float(), gx.float()).to(weight.dtype)  # E x N x K
+    grad_b = gy.float().sum(1).to(weight.dtype)  # E x N
+    return grad_x, grad_w, grad_b
+
+
+@_gg_backward.register_fake
+def _(grad_out, x, offsets, weight):
+    E, N, K = weight.shape
+    return x.new_empty(x.shape[0], K), weight.new_empty(E, N, K), weight.new_empty(E, N)
+
+
+def _setup_context(ctx, inputs, output):
+    x, offsets, weight, bias = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, offsets, weight)
+
+
+def _backward(ctx, grad_out):
+    x, offsets, weight = ctx.saved_tensors
+    grad_x, grad_w, grad_b = _gg_backward(grad_out, x, offsets, weight)
+    return grad_x, None, grad_w, grad_b if ctx.has_bias else None
+
+
+_gg_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def grouped_gemm_triton(
     x: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Triton grouped GEMM: ``(M, K)`` sorted rows, ``(E + 1,)`` offsets, ``(E, N, K)``, ``(E, N)`` → ``(M, N)``."""
-    return GroupedGemmFunction.apply(x, offsets, weight, bias)
+    """Triton grouped GEMM: ``(M, K)`` sorted rows, ``(E + 1,)`` offsets, ``(E, N, K)``, ``(E, N)`` → ``(M, N)``.
+
+    Runs ``torch.ops.segblocks.grouped_gemm`` (differentiable w.r.t. ``x``, ``weight``, ``bias``).
+    """
+    return torch.ops.segblocks.grouped_gemm(x, offsets, weight, bias)

@@ -13,18 +13,27 @@ a float32 buffer (so the value gradient is not bitwise deterministic on CUDA).
 
 Under ``TRITON_INTERPRET=1`` (CPU tests) autotuning is collapsed to one config, because
 benchmarking configs needs a GPU driver.
+
+The launches are ``torch.library`` custom ops, ``segblocks::ms_deform_attn`` and
+``segblocks::ms_deform_attn_backward``, registered when this module is imported (i.e. when the
+Triton backend is first loaded; ``import segblocks`` never imports triton). Each has a fake
+implementation (output shapes and dtypes without running anything) and the forward has an
+autograd formula, so ``torch.compile`` traces through them without a graph break and
+``torch.export`` keeps them as single nodes. Level shapes are a flat Python int list
+``[H_0, W_0, H_1, W_1, ...]``; their device tensors are cached per shapes and device.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+from typing import Sequence
 
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
-__all__ = ["MSDeformAttnFunction", "ms_deform_attn_triton"]
+__all__ = ["ms_deform_attn_triton"]
 
 
 def _configs() -> list[triton.Config]:
@@ -141,67 +150,100 @@ def _device_ctx(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-class MSDeformAttnFunction(torch.autograd.Function):
-    """Autograd wrapper: differentiable w.r.t. value, sampling locations and attention weights."""
+@functools.lru_cache(maxsize=64)
+def _level_tensors(shapes: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(L, 2)`` shapes and ``(L,)`` level starts as int64 on ``device`` (one copy per shapes/device)."""
+    hw = torch.tensor(shapes, dtype=torch.int64).view(-1, 2)  # L x 2
+    sizes = hw.prod(1)
+    starts = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))  # L
+    return hw.to(device), starts.to(device)
 
-    @staticmethod
-    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-        value = value.contiguous()
-        shapes = spatial_shapes.to(device=value.device, dtype=torch.int64).contiguous()
-        starts = level_start_index.to(device=value.device, dtype=torch.int64).contiguous()
-        loc = sampling_locations.contiguous()
-        attn = attention_weights.contiguous()
-        B, S, M, D = value.shape
-        _, Lq, _, L, P, _ = loc.shape
-        out = value.new_zeros(B, Lq, M, D)
-        if B * Lq > 0 and D > 0:
-            with _device_ctx(value):
-                _fwd_kernel[lambda meta: (triton.cdiv(B * Lq, meta["BLOCK_Q"]), M)](
-                    value, shapes, starts, loc, attn, out,
-                    B * Lq, Lq, S, M, D,
-                    L=L, P=P, BLOCK_D=triton.next_power_of_2(D),
-                )
-        ctx.save_for_backward(value, shapes, starts, loc, attn)
-        return out.view(B, Lq, M * D)  # B x Lq x MD
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        value, shapes, starts, loc, attn = ctx.saved_tensors
-        B, S, M, D = value.shape
-        _, Lq, _, L, P, _ = loc.shape
-        grad_out = grad_out.contiguous()
-        grad_value = torch.zeros(value.shape, device=value.device, dtype=torch.float32)  # atomics in fp32
-        grad_loc = torch.zeros(loc.shape, device=loc.device, dtype=torch.float32)
-        grad_attn = torch.zeros(attn.shape, device=attn.device, dtype=torch.float32)
-        if B * Lq > 0 and D > 0:
-            with _device_ctx(value):
-                _bwd_kernel[lambda meta: (triton.cdiv(B * Lq, meta["BLOCK_Q"]), M)](
-                    value, shapes, starts, loc, attn, grad_out,
-                    grad_value, grad_loc, grad_attn,
-                    B * Lq, Lq, S, M, D,
-                    L=L, P=P, BLOCK_D=triton.next_power_of_2(D),
-                )
-        return grad_value.to(value.dtype), None, None, grad_loc.to(loc.dtype), grad_attn.to(attn.dtype)
+def _grid(B: int, Lq: int, M: int):
+    return lambda meta: (triton.cdiv(B * Lq, meta["BLOCK_Q"]), M)
+
+
+@torch.library.custom_op("segblocks::ms_deform_attn", mutates_args=())
+def _msda_forward(value: torch.Tensor, shapes: Sequence[int], loc: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    value, loc, attn = value.contiguous(), loc.contiguous(), attn.contiguous()
+    B, S, M, D = value.shape
+    _, Lq, _, L, P, _ = loc.shape
+    out = value.new_zeros(B, Lq, M * D)  # B x Lq x MD, the kernel writes it as (B, Lq, M, D)
+    if B * Lq > 0 and D > 0:
+        hw, starts = _level_tensors(tuple(shapes), value.device)
+        with _device_ctx(value):
+            _fwd_kernel[_grid(B, Lq, M)](
+                value, hw, starts, loc, attn, out,
+                B * Lq, Lq, S, M, D,
+                L=L, P=P, BLOCK_D=triton.next_power_of_2(D),
+            )
+    return out
+
+
+@_msda_forward.register_fake
+def _(value, shapes, loc, attn):
+    B, _, M, D = value.shape
+    return value.new_empty(B, loc.shape[1], M * D)
+
+
+@torch.library.custom_op("segblocks::ms_deform_attn_backward", mutates_args=())
+def _msda_backward(
+    grad_out: torch.Tensor, value: torch.Tensor, shapes: Sequence[int], loc: torch.Tensor, attn: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    value, loc, attn, grad_out = value.contiguous(), loc.contiguous(), attn.contiguous(), grad_out.contiguous()
+    B, S, M, D = value.shape
+    _, Lq, _, L, P, _ = loc.shape
+    grad_value = torch.zeros(value.shape, device=value.device, dtype=torch.float32)  # atomics in fp32
+    grad_loc = torch.zeros(loc.shape, device=loc.device, dtype=torch.float32)
+    grad_attn = torch.zeros(attn.shape, device=attn.device, dtype=torch.float32)
+    if B * Lq > 0 and D > 0:
+        hw, starts = _level_tensors(tuple(shapes), value.device)
+        with _device_ctx(value):
+            _bwd_kernel[_grid(B, Lq, M)](
+                value, hw, starts, loc, attn, grad_out,
+                grad_value, grad_loc, grad_attn,
+                B * Lq, Lq, S, M, D,
+                L=L, P=P, BLOCK_D=triton.next_power_of_2(D),
+            )
+    return grad_value.to(value.dtype), grad_loc.to(loc.dtype), grad_attn.to(attn.dtype)
+
+
+@_msda_backward.register_fake
+def _(grad_out, value, shapes, loc, attn):
+    return value.new_empty(value.shape), loc.new_empty(loc.shape), attn.new_empty(attn.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    value, shapes, loc, attn = inputs
+    ctx.save_for_backward(value, loc, attn)
+    ctx.shapes = shapes
+
+
+def _backward(ctx, grad_out):
+    value, loc, attn = ctx.saved_tensors
+    grad_value, grad_loc, grad_attn = _msda_backward(grad_out, value, ctx.shapes, loc, attn)
+    return grad_value, None, grad_loc, grad_attn
+
+
+_msda_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def ms_deform_attn_triton(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
+    spatial_shapes: Sequence[Sequence[int]],
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """Triton multi-scale deformable attention core; shapes as in ``ms_deform_attn_pytorch``.
+    """Triton multi-scale deformable attention core; arguments as ``ms_deform_attn_pytorch``.
 
     Args:
         value: ``(B, S, M, D)``.
-        spatial_shapes: ``(L, 2)`` integer ``[H_l, W_l]``.
-        level_start_index: ``(L,)``.
+        spatial_shapes: ``((H_l, W_l), ...)`` Python ints.
         sampling_locations: ``(B, Lq, M, L, P, 2)`` normalized ``(x, y)``.
         attention_weights: ``(B, Lq, M, L, P)``.
 
     Returns:
-        ``(B, Lq, M * D)`` in ``value.dtype``.
+        ``(B, Lq, M * D)`` in ``value.dtype`` (``torch.ops.segblocks.ms_deform_attn``).
     """
-    return MSDeformAttnFunction.apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    flat = [v for hw in spatial_shapes for v in hw]  # H_0, W_0, H_1, W_1, ...
+    return torch.ops.segblocks.ms_deform_attn(value, flat, sampling_locations, attention_weights)

@@ -19,6 +19,13 @@ Block sizes are fixed per dtype and head dim (no autotuning: the block tables de
 shared memory fits consumer GPUs. Under ``TRITON_INTERPRET=1`` (the CPU tests) blocks are 16
 wide to keep the sequential interpreter fast.
 No ``tl.make_block_ptr`` (removed in Triton 3.9): plain pointer arithmetic.
+
+The launches are ``torch.library`` custom ops, ``segblocks::varlen_attention`` (returns the
+output and the log-sum-exp) and ``segblocks::varlen_attention_backward``, registered when this
+module is imported (when the Triton backend is first loaded; ``import segblocks`` never imports
+triton), with fake implementations and an autograd formula: ``torch.compile`` traces through
+them and ``torch.export`` keeps them as nodes. The block tables are op inputs (built on the host
+from the ``SeqLens``' Python starts and cached on it), so the ops take tensors and floats only.
 """
 from __future__ import annotations
 
@@ -28,9 +35,8 @@ import os
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
-__all__ = ["VarlenAttentionFunction", "varlen_attention_triton"]
+__all__ = ["varlen_attention_triton"]
 
 _LOG2E = 1.4426950408889634
 
@@ -186,55 +192,81 @@ def _device_ctx(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-class VarlenAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper: differentiable w.r.t. ``q``, ``k`` and ``v``."""
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # only fp32 dots look at it
 
-    @staticmethod
-    def forward(ctx, q, k, v, seqlens, scale):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        Nq, H, D = q.shape
-        cfg = _config(D, q.dtype)
-        precision = "ieee" if q.dtype == torch.float32 else "tf32"  # only fp32 dots look at it
-        out = torch.empty_like(q)
-        lse = torch.empty(Nq, H, device=q.device, dtype=torch.float32)  # log2-sum-exp of scaled logits
-        seg, row = _block_table(seqlens, "q", cfg["BLOCK_M"], q.device)
-        if seg.numel() > 0 and H > 0:
-            q_start, kv_start = seqlens.q_start.to(q.device), seqlens.kv_start.to(q.device)
-            with _device_ctx(q):
-                _fwd_kernel[(seg.numel(), H)](
-                    q, k, v, out, lse, q_start, kv_start, seg, row,
-                    H, D, scale * _LOG2E,
-                    PRECISION=precision, **cfg,
-                )
-        ctx.seqlens, ctx.scale, ctx.precision = seqlens, scale, precision
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        q, k, v, out, lse = ctx.saved_tensors
-        seqlens, scale = ctx.seqlens, ctx.scale
-        Nq, H, D = q.shape
-        cfg = _config(D, q.dtype)
-        grad_out = grad_out.contiguous()
-        delta = (grad_out.float() * out.float()).sum(-1)  # Nq x H, rowsum(dO * O)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        q_start, kv_start = seqlens.q_start.to(q.device), seqlens.kv_start.to(q.device)
-        kv_seg, kv_row = _block_table(seqlens, "kv", cfg["BLOCK_N"], q.device)
-        q_seg, q_row = _block_table(seqlens, "q", cfg["BLOCK_M"], q.device)
+@torch.library.custom_op("segblocks::varlen_attention", mutates_args=())
+def _varlen_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: torch.Tensor, kv_start: torch.Tensor,
+    q_seg: torch.Tensor, q_row: torch.Tensor, kv_seg: torch.Tensor, kv_row: torch.Tensor, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # kv_seg / kv_row (the key-side block table) are only read by the backward; they are inputs
+    # so that the autograd formula gets them without rebuilding them from device tensors.
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    Nq, H, D = q.shape
+    cfg = _config(D, q.dtype)
+    out = torch.empty_like(q)
+    lse = torch.empty(Nq, H, device=q.device, dtype=torch.float32)  # log2-sum-exp of scaled logits
+    if q_seg.numel() > 0 and H > 0:
         with _device_ctx(q):
-            if kv_seg.numel() > 0 and H > 0:
-                _bwd_dkdv_kernel[(kv_seg.numel(), H)](
-                    q, k, v, grad_out, lse, delta, dk, dv, q_start, kv_start, kv_seg, kv_row,
-                    H, D, scale * _LOG2E, scale, PRECISION=ctx.precision, **cfg,
-                )
-            if q_seg.numel() > 0 and H > 0:
-                _bwd_dq_kernel[(q_seg.numel(), H)](
-                    q, k, v, grad_out, lse, delta, dq, q_start, kv_start, q_seg, q_row,
-                    H, D, scale * _LOG2E, scale, PRECISION=ctx.precision, **cfg,
-                )
-        return dq, dk, dv, None, None
+            _fwd_kernel[(q_seg.numel(), H)](
+                q, k, v, out, lse, q_start, kv_start, q_seg, q_row,
+                H, D, scale * _LOG2E,
+                PRECISION=_precision(q.dtype), **cfg,
+            )
+    return out, lse
+
+
+@_varlen_forward.register_fake
+def _(q, k, v, q_start, kv_start, q_seg, q_row, kv_seg, kv_row, scale):
+    Nq, H, D = q.shape
+    return q.new_empty(Nq, H, D), q.new_empty(Nq, H, dtype=torch.float32)
+
+
+@torch.library.custom_op("segblocks::varlen_attention_backward", mutates_args=())
+def _varlen_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    q_start: torch.Tensor, kv_start: torch.Tensor, q_seg: torch.Tensor, q_row: torch.Tensor,
+    kv_seg: torch.Tensor, kv_row: torch.Tensor, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v, out, grad_out = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), grad_out.contiguous()
+    Nq, H, D = q.shape
+    cfg = _config(D, q.dtype)
+    precision = _precision(q.dtype)
+    delta = (grad_out.float() * out.float()).sum(-1)  # Nq x H, rowsum(dO * O)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    with _device_ctx(q):
+        if kv_seg.numel() > 0 and H > 0:
+            _bwd_dkdv_kernel[(kv_seg.numel(), H)](
+                q, k, v, grad_out, lse, delta, dk, dv, q_start, kv_start, kv_seg, kv_row,
+                H, D, scale * _LOG2E, scale, PRECISION=precision, **cfg,
+            )
+        if q_seg.numel() > 0 and H > 0:
+            _bwd_dq_kernel[(q_seg.numel(), H)](
+                q, k, v, grad_out, lse, delta, dq, q_start, kv_start, q_seg, q_row,
+                H, D, scale * _LOG2E, scale, PRECISION=precision, **cfg,
+            )
+    return dq, dk, dv
+
+
+@_varlen_backward.register_fake
+def _(grad_out, q, k, v, out, lse, q_start, kv_start, q_seg, q_row, kv_seg, kv_row, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, q_start, kv_start, q_seg, q_row, kv_seg, kv_row, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, q_start, kv_start, q_seg, q_row, kv_seg, kv_row)
+    ctx.scale = scale
+
+
+def _backward(ctx, grad_out, grad_lse):
+    # grad_lse is None or unused: the log-sum-exp is an internal output (never differentiated)
+    q, k, v, out, lse, q_start, kv_start, q_seg, q_row, kv_seg, kv_row = ctx.saved_tensors
+    dq, dk, dv = _varlen_backward(grad_out, q, k, v, out, lse, q_start, kv_start, q_seg, q_row, kv_seg, kv_row, ctx.scale)
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens, scale: float) -> torch.Tensor:
@@ -242,10 +274,20 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s
 
     Args:
         q: ``(Nq, H, D)``; k, v: ``(Nkv, H, D)``, ``D <= 128``.
-        seqlens: ``segblocks.ops.varlen_attention.SeqLens`` (block tables are cached on it).
+        seqlens: ``segblocks.ops.varlen_attention.SeqLens`` on ``q.device`` (the block tables
+            are built from its Python starts and cached on it).
         scale: logit scale.
 
     Returns:
-        ``(Nq, H, D)`` in ``q.dtype``.
+        ``(Nq, H, D)`` in ``q.dtype`` (``torch.ops.segblocks.varlen_attention``).
     """
-    return VarlenAttentionFunction.apply(q, k, v, seqlens, scale)
+    cfg = _config(q.shape[-1], q.dtype)
+    q_seg, q_row = _block_table(seqlens, "q", cfg["BLOCK_M"], q.device)
+    kv_seg, kv_row = _block_table(seqlens, "kv", cfg["BLOCK_N"], q.device)
+    out, _ = torch.ops.segblocks.varlen_attention(
+        q, k, v, seqlens.q_start, seqlens.kv_start, q_seg, q_row, kv_seg, kv_row, float(scale)
+    )
+    return out
+
+
+_varlen_forward.register_autograd(_backward, setup_context=_setup_context)

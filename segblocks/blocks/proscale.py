@@ -188,9 +188,10 @@ class DeformableEncoderLayer(nn.Module):
         src: torch.Tensor,
         pos: torch.Tensor,
         reference_points: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
+        spatial_shapes: Sequence[tuple[int, int]] | torch.Tensor,
+        level_start_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``spatial_shapes``: Python ``(H_l, W_l)`` pairs (no host sync; see :class:`MSDeformAttn`)."""
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, None)
         src = self.norm1(src + self.dropout(attn))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
@@ -369,12 +370,10 @@ class ProgressiveScaleEncoder(nn.Module):
                 continue
             stage_shapes = shapes[: k + 1]
             stage_pos = torch.cat(pos[: k + 1], 1)
-            spatial_shapes = torch.as_tensor(stage_shapes, dtype=torch.long, device=src.device)  # (k+1) x 2
-            sizes = spatial_shapes.prod(1)
-            level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
             ref = _reference_points(stage_shapes, batch, src.device, src.dtype)
             for layer in layers:
-                src = layer(src, stage_pos, ref, spatial_shapes, level_start_index)
+                # level shapes as Python ints: nothing is read back from a tensor per layer
+                src = layer(src, stage_pos, ref, stage_shapes)
 
         out, start = [], 0
         for (h, w) in shapes:

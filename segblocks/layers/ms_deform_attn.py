@@ -2,16 +2,19 @@
 
 Used as the self-attention of Mask2Former's pixel-decoder encoder. The sampling core is
 :func:`segblocks.ops.ms_deform_attn.ms_deform_attn` (Triton on CUDA, grid_sample elsewhere).
+Level shapes are Python ``(H_l, W_l)`` pairs (as ``spatial_shapes_list`` in HF transformers'
+Mask2Former): no host synchronisation and no ``torch.compile`` graph break in the forward pass.
 """
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from segblocks.ops._checks import check_module_dtype, check_positive_int, check_same, check_tensor
-from segblocks.ops.ms_deform_attn import ms_deform_attn
+from segblocks.ops.ms_deform_attn import LevelShapes, level_shapes, ms_deform_attn
 
 __all__ = ["MSDeformAttn"]
 
@@ -69,34 +72,34 @@ class MSDeformAttn(nn.Module):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
 
-    def _check(self, query, reference_points, value_input, spatial_shapes, padding_mask) -> None:
+    def _check(self, query, reference_points, value_input, spatial_shapes, padding_mask) -> LevelShapes:
         C, L, owner = self.d_model, self.n_levels, "MSDeformAttn"
         B, Lq, _ = check_tensor(query, "query", owner=owner, shape=("B", "Lq", C))
         check_tensor(value_input, "value_input", owner=owner, shape=(B, "S", C))
         check_tensor(reference_points, "reference_points", owner=owner, shape=(B, Lq, L, 2))
-        check_tensor(spatial_shapes, "spatial_shapes", owner=owner, shape=(L, 2), dtype="integer")
+        shapes = level_shapes(spatial_shapes, owner=owner)
+        if len(shapes) != L:
+            raise ValueError(f"MSDeformAttn: spatial_shapes must give n_levels={L} (H, W) pairs, got {list(shapes)}")
         check_same({"query": query, "value_input": value_input}, owner=owner)
         check_same({"query": query, "reference_points": reference_points}, owner=owner, dtype=False)
         check_module_dtype(query, self, "query", owner=owner)
         S = value_input.shape[1]
-        if spatial_shapes.device.type == "cpu":  # reading a device tensor would sync with the host
-            total = sum(h * w for h, w in spatial_shapes.tolist())
-            if S != total:
-                raise ValueError(
-                    f"MSDeformAttn: value_input has S={S} tokens but spatial_shapes {spatial_shapes.tolist()} sum to {total}"
-                )
+        total = sum(h * w for h, w in shapes)
+        if S != total:
+            raise ValueError(f"MSDeformAttn: value_input has S={S} tokens but spatial_shapes {list(shapes)} sum to {total}")
         if padding_mask is not None and (padding_mask.shape != (B, S) or padding_mask.dtype != torch.bool):
             raise ValueError(
                 f"MSDeformAttn: padding_mask must be bool ({B}, {S}), got {padding_mask.dtype} {tuple(padding_mask.shape)}"
             )
+        return shapes
 
     def forward(
         self,
         query: torch.Tensor,
         reference_points: torch.Tensor,
         value_input: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
+        spatial_shapes: Sequence[tuple[int, int]] | torch.Tensor,
+        level_start_index: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend from every query to ``L * P`` sampled points per head.
@@ -105,14 +108,16 @@ class MSDeformAttn(nn.Module):
             query: ``(B, Lq, C)`` (content + positional embedding).
             reference_points: ``(B, Lq, L, 2)`` normalized ``(x, y)`` in ``[0, 1]`` per level.
             value_input: ``(B, S, C)`` flattened multi-scale features, ``S = sum_l H_l W_l``.
-            spatial_shapes: ``(L, 2)`` long ``[H_l, W_l]``.
-            level_start_index: ``(L,)`` long offset of each level in ``S``.
+            spatial_shapes: ``[(H_l, W_l), ...]`` Python ints (no host sync); an ``(L, 2)``
+                integer tensor (Deformable DETR API) is accepted and read with ``.tolist()``.
+            level_start_index: ``None`` (derived from the shapes) or the ``(L,)`` integer offset
+                of each level in ``S`` (Deformable DETR API; checked when on the CPU).
             padding_mask: ``(B, S)`` bool, True at padded tokens (their values are zeroed), or None.
 
         Returns:
             ``(B, Lq, C)``.
         """
-        self._check(query, reference_points, value_input, spatial_shapes, padding_mask)
+        shapes = self._check(query, reference_points, value_input, spatial_shapes, padding_mask)
         B, Lq, _ = query.shape
         S = value_input.shape[1]
         M, L, P = self.n_heads, self.n_levels, self.n_points
@@ -123,7 +128,8 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(B, Lq, M, L, P, 2)  # B x Lq x M x L x P x 2
         weights = self.attention_weights(query).view(B, Lq, M, L * P).softmax(-1)  # B x Lq x M x LP
         weights = weights.view(B, Lq, M, L, P)  # B x Lq x M x L x P
-        normalizer = spatial_shapes.flip(-1).to(offsets)  # L x 2 as (W, H), matching (x, y)
+        # L x 2 as (W, H), matching (x, y); built from Python ints (a constant under torch.compile)
+        normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=offsets.dtype, device=offsets.device)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=self.backend)  # B x Lq x C
+        out = ms_deform_attn(value, shapes, level_start_index, locations, weights, backend=self.backend)  # B x Lq x C
         return self.output_proj(out)

@@ -22,7 +22,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-__all__ = ["Backend", "BackendUnavailable", "dispatch", "explain", "module_available", "triton_usable"]
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "dispatch",
+    "explain",
+    "module_available",
+    "triton_check",
+    "triton_usable",
+]
 
 
 class BackendUnavailable(RuntimeError):
@@ -56,6 +64,28 @@ def triton_usable(device: torch.device) -> list[str]:
         reasons.append("device=cpu needs TRITON_INTERPRET=1 (Triton compiles for CUDA only)")
     elif device.type not in ("cpu", "cuda"):
         reasons.append(f"device={device.type} (supported: cuda, or cpu with TRITON_INTERPRET=1)")
+    return reasons
+
+
+#: dtypes the Triton interpreter runs on CPU tensors (no bf16; fp64 is not a kernel dtype).
+_INTERPRETER_DTYPES = (torch.float32, torch.float16)
+
+
+def triton_check(first: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto", **_: Any) -> list[str]:
+    """Shared ``Backend.check`` of every Triton backend (empty list: it can run).
+
+    Reasons: no triton / wrong device (:func:`triton_usable`); on CPU, a floating input the
+    interpreter does not run (bf16, fp64); and, on CPU, ``backend="auto"`` never picks the
+    interpreter (it is for testing: only used when asked for with ``backend="triton"``).
+    Op-specific limits (head-dim caps) stay in the op's own check, which calls this first.
+    """
+    reasons = triton_usable(first.device)
+    if first.device.type == "cpu":
+        bad = sorted({str(t.dtype) for t in (first, *tensors) if t.is_floating_point() and t.dtype not in _INTERPRETER_DTYPES})
+        if bad:
+            reasons.append(f"dtype={bad} is not run by the Triton interpreter on cpu (fp32/fp16 only)")
+        if requested == "auto" and not reasons:
+            reasons.append("the Triton interpreter on cpu is only used when asked for (backend='triton')")
     return reasons
 
 

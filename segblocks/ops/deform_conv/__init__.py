@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from segblocks.ops._checks import check_int, check_tensor
-from segblocks.ops._dispatch import Backend, dispatch, explain, triton_usable
+from segblocks.ops._dispatch import Backend, dispatch, explain, triton_check
 from segblocks.ops.deform_conv.naive import (
     _columns_to_output,
     deform_im2col_pytorch,
@@ -44,22 +44,12 @@ __all__ = [
 _OP = "modulated_deform_conv2d"
 
 
-def _triton_check(x: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto") -> list[str]:
-    reasons = triton_usable(x.device)
-    if x.device.type == "cpu":
-        if any(t.dtype in (torch.bfloat16, torch.float64) for t in (x, *tensors)):
-            reasons.append("dtype bfloat16/float64 is not run by the Triton interpreter on cpu (fp32/fp16 only)")
-        if requested == "auto" and not reasons:
-            reasons.append("the Triton interpreter on cpu is only used when asked for (backend='triton')")
-    return reasons
-
-
 DEFORM_CONV_BACKENDS: tuple[Backend, ...] = (
     Backend(
         name="triton",
         loader="segblocks_kernels.deform_conv:deform_im2col_triton",
         dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
-        check=_triton_check,
+        check=triton_check,
     ),
     Backend(name="pytorch", loader=deform_im2col_pytorch),
 )

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from segblocks.ops._checks import check_same, check_tensor
-from segblocks.ops._dispatch import Backend, _select, explain, triton_usable
+from segblocks.ops._dispatch import Backend, _select, explain, triton_check
 from segblocks.ops.grouped_gemm.naive import group_rows, grouped_gemm_bmm, grouped_gemm_loop, padded_layout
 
 __all__ = [
@@ -57,16 +57,6 @@ __all__ = [
 MAX_PAD_RATIO = 2.0
 
 
-def _triton_check(x: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto", **_) -> list[str]:
-    reasons = triton_usable(x.device)
-    if x.device.type == "cpu":
-        if x.dtype == torch.bfloat16:
-            reasons.append("dtype=torch.bfloat16 is not supported by the Triton interpreter on cpu")
-        if requested == "auto" and not reasons:
-            reasons.append("the Triton interpreter on cpu is only used when asked for (backend='triton')")
-    return reasons
-
-
 def _bmm_check(x: torch.Tensor, weight: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto",
                pad_ratio: float | None = None) -> list[str]:
     if requested == "auto" and x.device.type == "cpu" and pad_ratio is not None and pad_ratio > MAX_PAD_RATIO:
@@ -80,7 +70,7 @@ GROUPED_GEMM_BACKENDS: tuple[Backend, ...] = (
         name="triton",
         loader="segblocks_kernels.grouped_gemm:grouped_gemm_triton",
         dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
-        check=_triton_check,
+        check=triton_check,
     ),
     Backend(name="bmm", loader=grouped_gemm_bmm, check=_bmm_check),
     Backend(name="loop", loader=grouped_gemm_loop),

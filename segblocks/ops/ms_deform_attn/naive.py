@@ -6,16 +6,20 @@ Mask2Former code bases, but importable on any machine. It is the CPU path of
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ms_deform_attn_pytorch"]
+__all__ = ["LevelShapes", "ms_deform_attn_pytorch"]
+
+#: Python ``(H_l, W_l)`` per level: read without a host synchronisation.
+LevelShapes = Tuple[Tuple[int, int], ...]
 
 
 def ms_deform_attn_pytorch(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
+    spatial_shapes: LevelShapes,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
@@ -29,8 +33,7 @@ def ms_deform_attn_pytorch(
 
     Args:
         value: ``(B, S, M, D)`` per-head values of all levels, flattened row-major per level.
-        spatial_shapes: ``(L, 2)`` integer ``[H_l, W_l]``.
-        level_start_index: ``(L,)`` offset of level ``l`` in ``S``.
+        spatial_shapes: ``((H_l, W_l), ...)`` Python ints (levels follow each other in ``S``).
         sampling_locations: ``(B, Lq, M, L, P, 2)`` normalized ``(x, y)``.
         attention_weights: ``(B, Lq, M, L, P)``.
 
@@ -45,11 +48,13 @@ def ms_deform_attn_pytorch(
     )
     grids = 2 * sampling_locations.to(compute) - 1  # B x Lq x M x L x P x 2, grid_sample's [-1, 1]
     samples = []
-    for lvl, ((h, w), start) in enumerate(zip(spatial_shapes.tolist(), level_start_index.tolist())):
+    start = 0
+    for lvl, (h, w) in enumerate(spatial_shapes):
         v = value[:, start : start + h * w].to(compute)  # B x HW x M x D
         v = v.permute(0, 2, 3, 1).reshape(B * M, D, h, w)  # BM x D x H x W
         g = grids[:, :, :, lvl].transpose(1, 2).reshape(B * M, Lq, P, 2)  # BM x Lq x P x 2
         samples.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))  # BM x D x Lq x P
+        start += h * w
     sampled = torch.stack(samples, dim=-2).flatten(-2)  # BM x D x Lq x LP
     weights = attention_weights.to(compute).transpose(1, 2).reshape(B * M, 1, Lq, L * P)  # BM x 1 x Lq x LP
     out = (sampled * weights).sum(-1)  # BM x D x Lq

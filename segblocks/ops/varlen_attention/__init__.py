@@ -54,7 +54,7 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 
 from segblocks.ops._checks import check_int_sequence, check_same, check_tensor
-from segblocks.ops._dispatch import Backend, dispatch, explain, triton_usable
+from segblocks.ops._dispatch import Backend, dispatch, explain, triton_check
 
 __all__ = ["GROUPED_MAX_SHAPES", "SeqLens", "VARLEN_ATTENTION_BACKENDS", "explain_varlen_attention", "varlen_attention"]
 
@@ -218,12 +218,7 @@ def _flex_check(q: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto"
 
 
 def _triton_check(q: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto", **_: Any) -> list[str]:
-    reasons = triton_usable(q.device)
-    if q.device.type == "cpu":
-        if q.dtype == torch.bfloat16:
-            reasons.append("dtype=torch.bfloat16 is not supported by the Triton interpreter on cpu")
-        if requested == "auto" and not reasons:
-            reasons.append("the Triton interpreter on cpu is only used when asked for (backend='triton')")
+    reasons = triton_check(q, *tensors, requested=requested)
     if q.shape[-1] > _TRITON_MAX_HEAD_DIM:
         reasons.append(f"head dim D={q.shape[-1]} > {_TRITON_MAX_HEAD_DIM} (one D-wide register tile per block)")
     return reasons
