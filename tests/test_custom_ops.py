@@ -230,3 +230,40 @@ def test_ops_are_registered_only_when_a_triton_backend_is_loaded():
     env = dict(os.environ, TRITON_INTERPRET="1")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
+
+
+def test_export_keeps_the_op_as_one_node():
+    """``torch.export`` of a module calling the MSDA op: one ``segblocks.ms_deform_attn`` node, same values."""
+    op, args, _, _ = _msda()
+    value, flat, loc, attn = args
+
+    class Core(torch.nn.Module):
+        def forward(self, v, lo, a):
+            return op(v, flat, lo, a)
+
+    exported = torch.export.export(Core(), (value, loc, attn))
+    targets = [str(n.target) for n in exported.graph.nodes if n.op == "call_function"]
+    assert targets.count("segblocks.ms_deform_attn.default") == 1, targets
+    torch.testing.assert_close(exported.module()(value, loc, attn), op(*args))
+
+
+@pytest.mark.parametrize("op", ["ms_deform_attn", "varlen_attention", "grouped_gemm", "modulated_deform_conv2d"])
+def test_one_shared_triton_check_explains_every_op(op, monkeypatch):
+    """Every Triton backend refuses the interpreter under auto and bf16 with the same shared reasons."""
+    from segblocks.ops._dispatch import triton_check
+    from segblocks.ops.deform_conv import DEFORM_CONV_BACKENDS
+    from segblocks.ops.grouped_gemm import GROUPED_GEMM_BACKENDS
+    from segblocks.ops.ms_deform_attn import MS_DEFORM_ATTN_BACKENDS
+    from segblocks.ops.varlen_attention import VARLEN_ATTENTION_BACKENDS
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    backends = {"ms_deform_attn": MS_DEFORM_ATTN_BACKENDS, "varlen_attention": VARLEN_ATTENTION_BACKENDS,
+                "grouped_gemm": GROUPED_GEMM_BACKENDS, "modulated_deform_conv2d": DEFORM_CONV_BACKENDS}[op]
+    (triton,) = [b for b in backends if b.name == "triton"]
+    x = torch.randn(4, 2, 8)
+    kw = {"seqlens": None} if op == "varlen_attention" else {}
+    assert triton.not_supported_reasons([x], requested="auto", **kw) == triton_check(x, requested="auto")
+    assert "only used when asked" in triton.not_supported_reasons([x], requested="auto", **kw)[0]
+    assert triton.not_supported_reasons([x], requested="triton", **kw) == []
+    bf16 = triton.not_supported_reasons([x.bfloat16()], requested="triton", **kw)
+    assert bf16 == ["dtype=['torch.bfloat16'] is not run by the Triton interpreter on cpu (fp32/fp16 only)"]
