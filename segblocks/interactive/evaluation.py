@@ -387,7 +387,7 @@ def write_click_cases(
     dataset, collate = dataloader.dataset, dataloader.collate_fn
     params = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
     device = params.device if params is not None else torch.device("cpu")
-    batch = collate([dataset[int(index[i])] for i in chosen])
+    batch = collate(_samples_by_index(dataset, [int(index[i]) for i in chosen]))
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     recorder = _RecordLastDecode(model)
     evaluate_clicks(recorder, batch, max_clicks=K, generator=sample_generators(eval_seed, index[chosen]))
@@ -415,3 +415,16 @@ def write_click_cases(
             paths[f"{kind}_{rank}"] = out / f"{kind}_{rank}.png"
             picture.save(paths[f"{kind}_{rank}"])
     return paths
+
+
+def _samples_by_index(dataset, wanted: list[int]) -> list[dict]:
+    """The samples whose ``"index"`` is each of ``wanted``: position = index for the project's
+    datasets; any other order (e.g. a ``Subset``) is found by one pass over the dataset."""
+    samples = [dataset[i] if 0 <= i < len(dataset) else None for i in wanted]
+    if all(s is not None and int(s.get("index", -1)) == i for s, i in zip(samples, wanted)):
+        return samples
+    by_index = {int(dataset[p].get("index", -1)): p for p in range(len(dataset))}
+    missing = [i for i in wanted if i not in by_index]
+    if missing:
+        raise ValueError(f"the test dataset has no samples with index {missing}")
+    return [dataset[by_index[i]] for i in wanted]
