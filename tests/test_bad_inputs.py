@@ -17,6 +17,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _edge_cases import case_params, empty_shape as _empty, run_edge_case
 
 from segblocks._catalog import BLOCKS
 from segblocks.blocks.hrsam_attention import FlashSwinAttention, FlexibleLocalAttention
@@ -136,11 +137,6 @@ def qkv(n=5, dtype=F32):
 # message) for a refusal, or a callable checking the output of an empty input.
 
 
-def _empty(shape):
-    def check(out):
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        assert tuple(out.shape) == shape, (tuple(out.shape), shape)
-    return check
 
 
 CASES = [
@@ -275,21 +271,9 @@ CASES = [
 KINDS = ("shape", "dtype", "empty", "non_integer")
 
 
-@pytest.mark.parametrize(
-    "block,kind,call,expected",
-    [pytest.param(*case, id=f"{case[0]}-{case[1]}-{i}") for i, case in enumerate(CASES)],
-)
+@pytest.mark.parametrize("block,kind,call,expected", case_params(CASES))
 def test_block_edge(block, kind, call, expected):
-    torch.manual_seed(0)
-    if isinstance(expected, tuple):
-        exc, match = expected
-        with pytest.raises(exc, match=match) as info:
-            call()
-        # the message is ours (names the block or argument), not torch's or numpy's
-        assert "Traceback" not in str(info.value)
-    else:
-        out = call()
-        assert expected(out) is not False
+    run_edge_case(call, expected)  # the message is ours (names the block or argument), not torch's or numpy's
 
 
 def _family_cases() -> list:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _edge_cases import case_params, empty_shape as _empty, run_edge_case
 
 from segblocks.blocks.focsam import DynamicWindows, FocusRefiner, PDyReLU, RefineBlock
 from segblocks.ops.deform_conv import modulated_deform_conv2d
@@ -15,11 +16,6 @@ from segblocks.ops.deform_conv import modulated_deform_conv2d
 F64 = torch.float64
 
 
-def _empty(shape):
-    def check(out):
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        assert tuple(out.shape) == shape, (tuple(out.shape), shape)
-    return check
 
 
 def dwin():
@@ -72,16 +68,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("block,kind,call,expected", [pytest.param(*c, id=f"{c[0]}-{c[1]}-{i}") for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("block,kind,call,expected", case_params(CASES))
 def test_focsam_block_edge(block, kind, call, expected):
-    torch.manual_seed(0)
-    if isinstance(expected, tuple):
-        exc, match = expected
-        with pytest.raises(exc, match=match) as info:
-            call()
-        assert "Traceback" not in str(info.value)
-    else:
-        assert expected(call()) is not False
+    run_edge_case(call, expected)
 
 
 @pytest.mark.parametrize("case", ["empty_mask", "whole_box", "one_pixel", "not_window_multiple"])

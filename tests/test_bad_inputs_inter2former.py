@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _edge_cases import case_params, empty_shape as _empty, run_edge_case
 
 from segblocks.blocks.inter2former import (
     BSQAttention,
@@ -24,11 +25,6 @@ from segblocks.ops.grouped_gemm import grouped_gemm
 F64 = torch.float64
 
 
-def _empty(shape):
-    def check(out):
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        assert tuple(out.shape) == shape, (tuple(out.shape), shape)
-    return check
 
 
 def dpe():
@@ -95,20 +91,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "block,kind,call,expected",
-    [pytest.param(*case, id=f"{case[0]}-{case[1]}-{i}") for i, case in enumerate(CASES)],
-)
-def test_block_edge(block, kind, call, expected):
-    torch.manual_seed(0)
-    if isinstance(expected, tuple):
-        exc, match = expected
-        with pytest.raises(exc, match=match) as info:
-            call()
-        assert "Traceback" not in str(info.value)
-    else:
-        out = call()
-        assert expected(out) is not False
+@pytest.mark.parametrize("block,kind,call,expected", case_params(CASES))
+def test_inter2former_block_edge(block, kind, call, expected):
+    run_edge_case(call, expected)
 
 
 @pytest.mark.parametrize("case", ["all_background", "one_token_object", "unknown_everywhere"])
