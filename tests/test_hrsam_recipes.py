@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from segblocks.blocks.hrsam_cyclescan import CycleScan
-from segblocks.lightning.distill_datamodule import DistillationDataModule, DistillationImages
+from segblocks.data import ImageFolderDataset
+from segblocks.lightning.distill_datamodule import DistillationDataModule
 from segblocks.lightning.distill_module import (
     PrecomputedEmbeddings,
     SamDistillation,
@@ -165,7 +166,7 @@ def test_precompute_teacher_embeddings_and_image_datamodule(tmp_path):
         ids = [ds[i]["sample_id"] for i in range(len(ds))]
         assert PrecomputedEmbeddings(tmp_path / "emb" / split)(ids).shape == (len(ids), 64, 4, 4)
     with pytest.raises(FileNotFoundError, match="image folder"):
-        DistillationImages(root=tmp_path / "nothing", size=64)
+        ImageFolderDataset(root=tmp_path / "nothing", size=64)
 
 
 # ----------------------------------------------------------------------------- optimiser and schedule

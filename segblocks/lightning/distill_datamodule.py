@@ -17,10 +17,7 @@ from segblocks.data import ImageFolderDataset, collate_images
 from segblocks.data.interactive import make_synthetic_instances
 from segblocks.lightning.resumable_datamodule import ResumableDataModule
 
-__all__ = ["DistillationDataModule", "DistillationImages", "collate_images"]
-
-#: Former name of :class:`~segblocks.data.ImageFolderDataset`, kept for existing imports.
-DistillationImages = ImageFolderDataset
+__all__ = ["DistillationDataModule"]
 
 
 class DistillationDataModule(ResumableDataModule):

@@ -154,7 +154,7 @@ def precompute_embeddings(
         teacher: encoder mapping normalised (B, 3, Hp, Wp) to (B, C, Hp/16, Wp/16); run in eval mode.
         batches: dicts with ``image`` (B, 3, H, W) 0–255, ``valid_size`` (B, 2) and
             ``sample_id`` (B strings), e.g. a loader of
-            :class:`~segblocks.lightning.distill_datamodule.DistillationImages`.
+            :class:`~segblocks.data.ImageFolderDataset`.
         out_dir: destination folder (created).
         preprocess: normalisation (default :class:`~segblocks.models.sam.SamPreprocess`).
         suffix: ``".pt"`` or ``".npy"``.
