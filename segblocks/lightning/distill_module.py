@@ -335,7 +335,8 @@ def precompute_teacher_embeddings(
     Returns:
         ``{split: number of files written}``.
     """
-    from segblocks.lightning.distill_datamodule import DistillationDataModule, collate_images
+    from segblocks.data import collate_images
+    from segblocks.lightning.distill_datamodule import DistillationDataModule
 
     teacher = _module(teacher, "teacher")
     dm = datamodule if datamodule is not None else DistillationDataModule()
