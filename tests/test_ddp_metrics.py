@@ -176,6 +176,7 @@ class _Recorder(pl.LightningModule):
         self.batch_sizes: list[int] = []
 
     def test_step(self, batch, batch_idx):
+        assert len(batch["index"]) == len(batch["sample_id"])  # indices stay aligned, padding batch included
         self.batch_sizes.append(len(batch["sample_id"]))  # 0 for a padding batch
         self.seen.extend(batch["index"].tolist())
 

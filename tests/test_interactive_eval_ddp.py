@@ -134,6 +134,7 @@ class _Recording(InteractiveSegmentation):
         self.sizes: list[int] = []
 
     def test_step(self, batch, batch_idx):
+        assert len(batch["index"]) == len(batch["sample_id"])  # indices stay aligned, padding batch included
         self.sizes.append(len(batch["sample_id"]))
         self.seen.extend(batch["index"].tolist())
         return super().test_step(batch, batch_idx)
