@@ -6,23 +6,19 @@ model code and never imports triton, xformers, mamba_ssm or albumentations.
 """
 from __future__ import annotations
 
-import importlib
-
 from segblocks._catalog import BLOCKS, PAPERS, BlockInfo, list_blocks
 
 __version__ = "0.1.0"
 __all__ = ["BlockInfo", "PAPERS", "list_blocks", *(b.name for b in BLOCKS)]
 
-_TARGETS = {b.name: b.target for b in BLOCKS}
+_BLOCKS = {b.name: b for b in BLOCKS}
 
 
 def __getattr__(name: str):
-    target = _TARGETS.get(name)
-    if target is None:
+    info = _BLOCKS.get(name)
+    if info is None:
         raise AttributeError(f"module 'segblocks' has no attribute {name!r}")
-    module, _, attr = target.partition(":")
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
+    value = globals()[name] = info.load()
     return value
 
 
