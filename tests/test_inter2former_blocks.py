@@ -288,17 +288,20 @@ def test_hmoe_grouped_matches_per_token_loop(backend):
 @pytest.mark.parametrize("skewed", [False, True])
 def test_hmoe_many_experts_padded_and_per_group_paths(skewed):
     # 16 experts: balanced routing takes the padded batch, one expert holding most tokens the
-    # per-group loop (padding over MAX_PAD_RATIO); both equal a per-token loop, values and grads.
-    from segblocks.ops.grouped_gemm import MAX_PAD_RATIO, pad_ratio, select_grouped_gemm_backend
+    # per-group loop (padding over PADDED_FFN_MAX_PAD_ROWS rows per expert); both equal a
+    # per-token loop, values and grads.
+    from segblocks.blocks.inter2former.hmoe import PADDED_FFN_MAX_PAD_ROWS
+    from segblocks.ops.grouped_gemm import pad_rows_per_group, select_grouped_gemm_backend
 
     torch.manual_seed(1)
-    E = 16
+    E, M = 16, 300
     m = HybridMoE(embed_dim=8, hidden_dim=32, num_experts=E).double().eval()
-    x = torch.randn(90, 8, dtype=F64, requires_grad=True)
-    a = torch.where(torch.rand(90) < 0.8, 3, torch.randint(0, E, (90,))) if skewed else torch.randperm(90) % E
+    x = torch.randn(M, 8, dtype=F64, requires_grad=True)
+    a = torch.where(torch.rand(M) < 0.8, 3, torch.randint(0, E, (M,))) if skewed else torch.randperm(M) % E
     counts = torch.bincount(a, minlength=E)
-    assert (pad_ratio(counts) > MAX_PAD_RATIO) == skewed
-    chosen = select_grouped_gemm_backend(x, m.select_ffn_w1, m.select_ffn_b1, counts=counts)
+    assert (pad_rows_per_group(counts, M) > PADDED_FFN_MAX_PAD_ROWS) == skewed
+    chosen = select_grouped_gemm_backend(x, m.select_ffn_w1, m.select_ffn_b1, counts=counts,
+                                         max_pad_rows=PADDED_FFN_MAX_PAD_ROWS)
     assert chosen.name == ("loop" if skewed else "bmm")
     out = m.experts(x, a)
 

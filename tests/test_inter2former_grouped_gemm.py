@@ -41,7 +41,8 @@ def test_auto_choice_weighs_padding_and_explains():
     skewed = torch.tensor([0, 37, 38, 39, 40])  # padded batch 4 * 37 rows for 40
     assert explain_grouped_gemm(x, balanced, w)["bmm"] == []
     (reason,) = explain_grouped_gemm(x, skewed, w)["bmm"]
-    assert "E*L_max/M = 3.70 > MAX_PAD_RATIO" in reason
+    assert "adds 27.0 rows per group > max_pad_rows=8" in reason  # 37 - 40 / 4
+    assert explain_grouped_gemm(x, skewed, w, max_pad_rows=30)["bmm"] == []
     assert explain_grouped_gemm(x, skewed, w, backend="bmm")["bmm"] == []  # by name: runs
     for offsets in (balanced, skewed):
         groups = torch.repeat_interleave(torch.arange(4), offsets.diff())

@@ -38,6 +38,12 @@ from segblocks.ops.grouped_gemm import select_grouped_gemm_backend
 
 __all__ = ["HybridMoE"]
 
+#: CPU choice between the padded FFN and the per-expert loop (``max_pad_rows`` of
+#: :func:`~segblocks.ops.grouped_gemm.select_grouped_gemm_backend`): the padded batch pays its
+#: layout once for three matmuls, so it stays faster up to about 40 padding rows per expert
+#: (measured on one thread, 4-64 experts, 64-4096 tokens, balanced and skewed routing).
+PADDED_FFN_MAX_PAD_ROWS = 32
+
 
 class _Scratch(dict):
     """Per-instance derived-tensor cache that copies and pickles as empty (never saved with the module)."""
@@ -135,10 +141,12 @@ class HybridMoE(nn.Module):
         (:func:`~segblocks.ops.grouped_gemm.select_grouped_gemm_backend`; ``backend=`` picks one
         by name) decides the layout:
 
-        * ``bmm`` (CPU, balanced experts): the whole FFN stays in the padded ``(E, L_max, ·)``
-          batch — one gather in, two batched matmuls, one gather out (:meth:`_experts_padded`);
-        * ``loop`` (CPU, padding over ``MAX_PAD_RATIO`` times the tokens): ``torch.split`` + one
-          ``addmm`` per expert, no padding;
+        * ``bmm`` (CPU unless the padding is too costly): the whole FFN stays in the padded
+          ``(E, L_max, ·)`` batch — one scatter in, two batched matmuls, one gather out
+          (:meth:`_experts_padded`);
+        * ``loop`` (CPU, padding wasting more than a per-expert call costs, see
+          :data:`~segblocks.ops.grouped_gemm.PAD_FLOPS_PER_GROUP`): ``torch.split`` + one ``addmm``
+          per expert, no padding;
         * ``triton`` (CUDA): the grouped-GEMM kernel per layer on the sorted rows.
         """
         E, d = self.num_experts, self.embed_dim
@@ -146,33 +154,34 @@ class HybridMoE(nn.Module):
             return x.new_zeros(0, d)
         order = torch.argsort(a)  # π, Eq. 19 (any order inside a group)
         counts = torch.bincount(a, minlength=E)  # E
-        chosen = select_grouped_gemm_backend(x, self.select_ffn_w1, self.select_ffn_b1, counts=counts, backend=self.backend)
+        chosen = select_grouped_gemm_backend(x, self.select_ffn_w1, self.select_ffn_b1, counts=counts, backend=self.backend,
+                                              max_pad_rows=PADDED_FFN_MAX_PAD_ROWS)
         padded = chosen.name == "bmm"
         w12, b12, w3 = self._expert_weights(padded)
+        rank = _inverse_permutation(order)  # M: sorted position of every token (π^-1)
         if padded:
-            return self._experts_padded(x, a, order, counts, w12, b12, w3)
+            return self._experts_padded(x, a, rank - (counts.cumsum(0) - counts).index_select(0, a), counts, w12, b12, w3)
         offsets = F.pad(counts.cumsum(0), (1, 0))  # E+1, group e = sorted rows offsets[e]:offsets[e+1]
         gemm = chosen.load()
         xs = x.index_select(0, order)  # M x d, grouped (Eq. 20)
         h1, h2 = gemm(xs, offsets, w12, b12).chunk(2, dim=-1)  # M x hid each
         hidden = self.select_ln(F.silu(h1) * h2)  # M x hid
         ys = gemm(hidden, offsets, w3, self.select_ffn_b3)  # M x d
-        return ys.index_select(0, _inverse_permutation(order))  # π^-1: back to token order
+        return ys.index_select(0, rank)  # π^-1: back to token order
 
     def _expert_weights(self, padded: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The expert weights in the layout of the chosen path, ``w1`` and ``w2`` stacked.
 
         Grouped GEMM (``padded=False``): ``w12`` ``(E, 2·hid, d)``, ``b12`` ``(E, 2·hid)``,
-        ``w3`` ``(E, d, hid)``. Padded batch: ``w12`` as ``(E, d, 2·hid)`` (the ``bmm`` right
-        operand), ``b12``, and ``[w3^T; b3]`` ``(E, hid + 1, d)``.
+        ``w3`` ``(E, d, hid)``. Padded batch (the ``bmm`` right operands): ``w12`` as
+        ``(E, d, 2·hid)``, ``b12``, and ``w3`` as ``(E, hid, d)``.
 
         Without autograd (inference, the no-grad click simulation) the result is cached, contiguous,
         and rebuilt only when a parameter changes (its storage or in-place version counter:
         optimiser steps, ``load_state_dict``, ``.to()``); the cache holds the source storages so
         they cannot be recycled under it.
         """
-        ps = (self.select_ffn_w1, self.select_ffn_w2, self.select_ffn_b1, self.select_ffn_b2,
-              self.select_ffn_w3, self.select_ffn_b3)
+        ps = (self.select_ffn_w1, self.select_ffn_w2, self.select_ffn_b1, self.select_ffn_b2, self.select_ffn_w3)
         grad = torch.is_grad_enabled()
         if not grad:
             key = (padded, torch.is_inference_mode_enabled()) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in ps)
@@ -183,33 +192,26 @@ class HybridMoE(nn.Module):
         w12, b12 = torch.cat(ps[:2], dim=1), torch.cat(ps[2:4], dim=1)  # E x 2hid x d, E x 2hid
         w3 = ps[4]  # E x d x hid
         if padded:
-            w12 = w12.transpose(1, 2)  # E x d x 2hid
-            w3 = torch.cat([w3.transpose(1, 2), ps[5].unsqueeze(1)], dim=1)  # E x (hid+1) x d
+            w12, w3 = w12.transpose(1, 2), w3.transpose(1, 2)  # E x d x 2hid, E x hid x d
         out = (w12, b12, w3)
         if not grad:
             out = tuple(t.contiguous() for t in out)
             scratch["weights"] = (key, [p.data for p in ps], out)
         return out
 
-    def _experts_padded(self, x, a, order, counts, w12t, b12, w3b) -> torch.Tensor:
+    def _experts_padded(self, x, a, rank, counts, w12t, b12, w3t) -> torch.Tensor:
         """Eq. 19-20 in a padded expert batch: the ``j``-th token of expert ``e`` at row ``e · L + j``.
 
-        Padding rows re-read a real token (nothing is zero-filled); their outputs are never
-        gathered back, so they get zero gradient. ``b3`` rides along as an extra input column of
-        ones (``[h, 1] @ [w3^T; b3]``), cheaper than broadcasting it over the ``(E, L, d)`` output.
+        ``rank`` ``(M,)`` is every token's position inside its expert's group (from ``π``). The
+        padding rows are zeros; their outputs are never gathered back, so they get zero gradient.
         """
         E, d = self.num_experts, self.embed_dim
         L = int(counts.max())  # L_max
-        starts = counts.cumsum(0) - counts  # E: first sorted row of every expert
-        j = torch.arange(L, device=a.device)  # L
-        src = order.index_select(0, torch.where(j < counts[:, None], starts[:, None] + j, 0).view(-1))  # E*L tokens
-        rank = _inverse_permutation(order)  # M: sorted position of every token
-        slot = rank + (torch.arange(E, device=a.device) * L - starts).index_select(0, a)  # M: padded row of every token
-        xp = x.index_select(0, src).view(E, L, d)  # E x L x d, Eq. 20
+        slot = a * L + rank  # M: padded row of every token
+        xp = x.new_zeros(E * L, d).index_copy_(0, slot, x).view(E, L, d)  # E x L x d, Eq. 20
         h1, h2 = torch.baddbmm(b12.unsqueeze(1), xp, w12t).chunk(2, dim=-1)  # E x L x hid each
         hidden = self.select_ln(F.silu(h1) * h2)  # E x L x hid
-        hidden = torch.cat([hidden, hidden.new_ones(E, L, 1)], dim=-1)  # E x L x (hid+1)
-        y = torch.bmm(hidden, w3b)  # E x L x d
+        y = torch.baddbmm(self.select_ffn_b3.unsqueeze(1), hidden, w3t)  # E x L x d
         return y.view(E * L, d).index_select(0, slot)  # M x d, token order
 
     def experts_vanilla(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -255,3 +257,29 @@ class HybridMoE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_experts={self.num_experts}, expert_dim={self.expert_dim}"
+
+    def forward_static(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with static shapes, for ``torch.export`` / ONNX (inference only).
+
+        Every token is routed (Eq. 16-18 are per token) and every expert runs on every token (a
+        static loop over the ``M`` experts, each token keeping its own expert's output); ``mask``
+        ``(N,)`` bool then picks the mixed output for the edge tokens and the shared one for the
+        others. Same outputs as ``forward(x, mask.nonzero()[:, 0])`` at ``M`` times the expert
+        cost (speed, not correctness). It never moves the balancing bias, so it refuses training mode.
+        """
+        owner = type(self).__name__
+        if self.training:
+            raise RuntimeError(f"{owner}.forward_static is an inference path (it does not move the balancing bias); call .eval()")
+        check_tensor(x, "x", owner=owner, shape=("N", ("d", self.embed_dim)))
+        check_tensor(mask, "mask", owner=owner, shape=(("N", x.shape[0]),), dtype="bool")
+        check_module_dtype(x, self, owner=owner)
+        out = self.shared_ffn(x)  # N x d, Eq. 15
+        a, w_shared, w_expert = self.route(x)  # N each, Eq. 16-18
+        routed = torch.zeros_like(out)  # N x d
+        for e in range(self.num_experts):  # Eq. 19-20 densely
+            h = F.silu(F.linear(x, self.select_ffn_w1[e], self.select_ffn_b1[e])) * F.linear(
+                x, self.select_ffn_w2[e], self.select_ffn_b2[e])  # N x hid
+            y = F.linear(self.select_ln(h), self.select_ffn_w3[e], self.select_ffn_b3[e])  # N x d
+            routed = torch.where((a == e)[:, None], y, routed)
+        mixed = w_shared[:, None] * out + w_expert[:, None] * routed  # N x d, Eq. 18
+        return torch.where(mask[:, None], mixed, out)

@@ -15,16 +15,18 @@ triton   CUDA; CPU only under ``TRITON_INTERPRET=1`` and only  fp32, fp16 (+ bf1
          when named (``segblocks_kernels.grouped_gemm``)
 bmm      any device: one padded ``baddbmm`` (pure PyTorch, no  all floating
          C++ extension); on CPU unless the padding exceeds
-         :data:`MAX_PAD_RATIO` times the rows
+         ``max_pad_rows`` rows per group
 loop     ``torch.split`` + one ``addmm`` per group (no         all floating
          padding; the reference); CPU choice for unequal groups
 =======  ====================================================  ============================
 
 All backends are differentiable (the Triton one through its own backward). On CPU the choice is
 by padding: a padded batch computes ``E * L_max`` rows instead of ``M`` but costs one call, the
-per-group loop wastes nothing but costs ``E`` calls (about 10 µs of dispatch each) and a
-concatenation; with balanced groups the batch wins at every group count measured, with very
-unequal groups (one group holding most rows) the wasted padding dominates and the loop wins. :func:`select_grouped_gemm_backend` tells callers (HMoE) which path auto takes.
+per-group loop wastes nothing but costs one call per group; so the batch is taken while the
+padding it adds stays under ``max_pad_rows`` rows per group
+(:func:`pad_rows_per_group`), whatever the group count — with very unequal groups (one holding
+most rows) the padding dominates and the loop wins. :func:`select_grouped_gemm_backend` tells
+callers (HMoE) which path auto takes.
 """
 from __future__ import annotations
 
@@ -37,30 +39,30 @@ from segblocks.ops.grouped_gemm.naive import group_rows, grouped_gemm_bmm, group
 
 __all__ = [
     "GROUPED_GEMM_BACKENDS",
-    "MAX_PAD_RATIO",
+    "MAX_PAD_ROWS",
     "explain_grouped_gemm",
     "group_rows",
     "grouped_gemm",
     "grouped_gemm_bmm",
     "grouped_gemm_loop",
-    "pad_ratio",
+    "pad_rows_per_group",
     "padded_layout",
     "select_grouped_gemm_backend",
     "sort_by_group",
 ]
 
-#: CPU auto choice: ``bmm`` unless its padded batch has more than this many times the real rows
-#: (``E * L_max / M``, very unequal groups), then ``loop``. Measured with HMoE's shapes (1024
-#: rows, 256 → 512 / E → 256, one thread, balanced experts): the padded batch is faster from 2
-#: to 64 groups (e.g. 1.9 vs 2.0 ms at 4, 0.85 vs 1.6 ms at 64); with few groups the matmuls
-#: dominate, so a batch that is mostly padding loses.
-MAX_PAD_RATIO = 2.0
+#: CPU auto choice for one grouped GEMM: ``bmm`` while its padding adds at most this many rows per
+#: group (``L_max - M / E``), else ``loop``. The break-even measured on one
+#: thread for single layers (K x N = 256 x 16 and 64 x 256, 4-64 groups, 64-4096 rows) lies
+#: between 6 and 12 rows; callers that keep several layers in the padded layout pay the layout
+#: once and pass a larger ``max_pad_rows`` (HMoE's padded FFN: 32).
+MAX_PAD_ROWS = 8
 
 
 def _bmm_check(x: torch.Tensor, weight: torch.Tensor, *tensors: torch.Tensor, requested: str = "auto",
-               pad_ratio: float | None = None) -> list[str]:
-    if requested == "auto" and x.device.type == "cpu" and pad_ratio is not None and pad_ratio > MAX_PAD_RATIO:
-        return [f"padded batch E*L_max/M = {pad_ratio:.2f} > MAX_PAD_RATIO={MAX_PAD_RATIO} times the rows on cpu: "
+               pad_rows: float | None = None, max_pad_rows: float = MAX_PAD_ROWS) -> list[str]:
+    if requested == "auto" and x.device.type == "cpu" and pad_rows is not None and pad_rows > max_pad_rows:
+        return [f"padded batch adds {pad_rows:.1f} rows per group > max_pad_rows={max_pad_rows} on cpu: "
                 "one addmm per group (`loop`) pads nothing"]
     return []
 
@@ -95,18 +97,22 @@ def _validate(x, offsets, weight, bias) -> None:
             )
 
 
-def explain_grouped_gemm(x, offsets, weight, bias=None, *, backend: str = "auto") -> dict[str, list[str]]:
+def explain_grouped_gemm(x, offsets, weight, bias=None, *, backend: str = "auto",
+                         max_pad_rows: float = MAX_PAD_ROWS) -> dict[str, list[str]]:
     """Why each backend would (empty list) or would not run these inputs with ``backend=``."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
     counts = offsets[1:] - offsets[:-1]
-    ratio = pad_ratio(counts) if counts.device.type == "cpu" else None
-    return explain("grouped_gemm", GROUPED_GEMM_BACKENDS, tensors, requested=backend, pad_ratio=ratio)
+    rows = pad_rows_per_group(counts, x.shape[0]) if counts.device.type == "cpu" else None
+    return explain("grouped_gemm", GROUPED_GEMM_BACKENDS, tensors, requested=backend, pad_rows=rows,
+                   max_pad_rows=max_pad_rows)
 
 
-def pad_ratio(counts: torch.Tensor) -> float:
-    """``E * L_max / M`` of a padded batch over groups of ``counts`` rows (``(E,)``; host sync)."""
-    total = int(counts.sum())
-    return counts.numel() * int(counts.max()) / total if total else 1.0
+def pad_rows_per_group(counts: torch.Tensor, rows: int) -> float:
+    """Padding rows a ``(E, L_max)`` batch adds per group, ``L_max - M / E``.
+
+    ``counts``: ``(E,)`` rows per group (its maximum is read on the host); ``rows``: ``M``.
+    """
+    return int(counts.max()) - rows / counts.numel() if counts.numel() else 0.0
 
 
 def select_grouped_gemm_backend(
@@ -116,16 +122,19 @@ def select_grouped_gemm_backend(
     *,
     counts: torch.Tensor | None = None,
     backend: str = "auto",
+    max_pad_rows: float = MAX_PAD_ROWS,
 ) -> Backend:
     """The backend :func:`grouped_gemm` runs for these inputs (raises with every refusal if none).
 
     For callers that keep a whole multi-layer computation in one layout (HMoE's padded expert
     FFN) instead of calling :func:`grouped_gemm` per layer. ``counts`` ``(E,)`` (rows per group)
-    lets the CPU choice weigh the padding (:data:`MAX_PAD_RATIO`); it is read on CPU only.
+    lets the CPU choice weigh the padding against ``max_pad_rows`` (:data:`MAX_PAD_ROWS`); it is
+    read on CPU only.
     """
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    ratio = pad_ratio(counts) if counts is not None and counts.device.type == "cpu" else None
-    return _select("grouped_gemm", GROUPED_GEMM_BACKENDS, tensors, backend, {"requested": backend, "pad_ratio": ratio})
+    rows = pad_rows_per_group(counts, x.shape[0]) if counts is not None and counts.device.type == "cpu" else None
+    return _select("grouped_gemm", GROUPED_GEMM_BACKENDS, tensors, backend,
+                   {"requested": backend, "pad_rows": rows, "max_pad_rows": max_pad_rows})
 
 
 def grouped_gemm(
