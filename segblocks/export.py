@@ -20,12 +20,25 @@ browser or a service after a server-side encoder, so this module exports it alon
   embeddings (FocSAM §3.1), so its decoder exports the same way.
   Not exported: FocSAM's focus refiner (it runs once per object, not per click, and its number of
   dynamic windows depends on the predicted box, a data-dependent shape ``torch.export`` cannot
-  trace) and Inter2Former's decoder (its edge-token selection, Inter2Former Eq. 4-5, gives a
-  data-dependent number of tokens).
+  trace).
+* :class:`~segblocks.models.inter2former.export.Inter2FormerOnnxDecoder`: Inter2Former's per-click
+  decoder (DPE → 2 × (DHA + HMoE) → DLU, Inter2Former §3.2-3.7) for ``inter2former_tiny`` /
+  ``inter2former_vit_b`` or an :class:`~segblocks.models.inter2former.Inter2Former`. Its
+  edge-token selection (Eq. 4-5) and its DPE / DLU boxes have data-dependent sizes, so the graph
+  is the blocks' static-shape path (masks instead of gathers and crops; equal outputs, full-map
+  cost; :mod:`segblocks.models.inter2former.export` says why and how): inputs ``features``
+  ``(B, d, H/16, W/16)``, ``ref_label`` ``(B, H, W)`` uint8 ``M_ref`` with the new clicks merged,
+  ``edges_0..3`` (CannyNet features); outputs ``logits`` ``(B, 1, H, W)`` and ``coarse_logits``.
+  ``B`` is dynamic; ``H, W`` are fixed at export (``image_size``, default 4 × the encoder's
+  anchor scale: 1024² for ViT-B, 256² for the tiny preset). The ``M_ref`` updates around the
+  graph stay with the caller (:mod:`segblocks.interactive.ref_label`).
 
 Equality: onnxruntime's outputs match PyTorch's within ``atol = rtol = 1e-4`` in float32
-(:data:`ONNX_TOLERANCE`; about 1e-7 is observed for ``sam_tiny``), checked by :func:`check_onnx`
-on several batch sizes and click counts. The ONNX file comes from the dynamo exporter
+(:data:`ONNX_TOLERANCE`; about 1e-7 is observed for ``sam_tiny``, about 4e-6 on the logits of
+``inter2former_tiny`` against its eager sparse decoder; the static-shape path of
+``inter2former_vit_b`` at 1024² is within it too, 2e-4 absolute on logits up to 8), checked by :func:`check_onnx` on several
+batch sizes and click counts (Inter2Former: batch sizes 1, 2, 4, covering a small object, a large
+object, an all-background ``M_ref`` with no edge token, and a first click). The ONNX file comes from the dynamo exporter
 (``torch.onnx.export(..., dynamo=True)``, which needs ``onnxscript``); onnx / onnxruntime /
 onnxscript are the ``export`` extra: ``pip install 'segblocks[export]'``.
 
@@ -33,6 +46,7 @@ Command line (also ``segblocks export ...``)::
 
     python -m segblocks.export --model sam_tiny --out decoder.onnx
     python -m segblocks.export --model sam_vit_b --checkpoint sam_vit_b_01ec64.pth --out sam_b_decoder.onnx
+    python -m segblocks.export --model inter2former_tiny --out inter2former_decoder.onnx
 """
 from __future__ import annotations
 
@@ -79,6 +93,9 @@ class SamOnnxDecoder(nn.Module):
         multimask_output: export SAM's 3 ambiguity masks instead of the single mask.
     """
 
+    input_names = DECODER_INPUTS
+    output_names = DECODER_OUTPUTS
+
     def __init__(self, *, prompt_encoder: nn.Module, mask_decoder: nn.Module, multimask_output: bool = False) -> None:
         super().__init__()
         from segblocks.models.sam import MaskDecoder, PromptEncoder
@@ -96,6 +113,12 @@ class SamOnnxDecoder(nn.Module):
     def embedding_shape(self) -> tuple[int, int, int]:
         """``(C, h, w)`` of the image embeddings the graph takes."""
         return (self.prompt_encoder.embed_dim, *self.prompt_encoder.image_embedding_size)
+
+    def dynamic_shapes(self, max_batch: int = 1024, max_clicks: int = 1024) -> tuple[dict[int, Any], ...]:
+        """``torch.export`` spec: dynamic batch and click count."""
+        batch = torch.export.Dim("batch", min=1, max=max_batch)
+        clicks = torch.export.Dim("clicks", min=1, max=max_clicks)
+        return ({0: batch}, {0: batch, 1: clicks}, {0: batch, 1: clicks}, {0: batch}, {0: batch})
 
     def forward(
         self,
@@ -117,26 +140,41 @@ class SamOnnxDecoder(nn.Module):
         return out.masks, out.iou_pred
 
 
-def decoder_for_export(model: nn.Module | str, *, multimask_output: bool = False, **create_kwargs: Any) -> SamOnnxDecoder:
+def decoder_for_export(
+    model: nn.Module | str, *, multimask_output: bool = False, image_size: int | tuple[int, int] | None = None,
+    **create_kwargs: Any,
+) -> nn.Module:
     """The exportable per-click decoder of ``model`` (in eval mode).
 
     Args:
         model: a :class:`~segblocks.models.sam.SamModel`, :class:`~segblocks.models.sam.SamDecoder`,
-            :class:`~segblocks.models.sam.SamClickModel`, :class:`~segblocks.models.focsam.FocSAM`,
-            or a registry name building one (:func:`segblocks.models.create_model`).
-        multimask_output: see :class:`SamOnnxDecoder`.
+            :class:`~segblocks.models.sam.SamClickModel`, :class:`~segblocks.models.focsam.FocSAM`
+            (→ :class:`SamOnnxDecoder`), an :class:`~segblocks.models.inter2former.Inter2Former`
+            (→ :class:`~segblocks.models.inter2former.export.Inter2FormerOnnxDecoder`), or a
+            registry name building one (:func:`segblocks.models.create_model`).
+        multimask_output: see :class:`SamOnnxDecoder` (SAM-style models only).
+        image_size: Inter2Former only: the input size the graph is exported for (an int or
+            ``(H, W)``; default 4 × the encoder's anchor scale).
         **create_kwargs: ``checkpoint=``, ``checkpoint_prefix=``... when ``model`` is a name.
 
     Raises:
         TypeError: the model has no exportable per-click decoder (naming what is accepted).
     """
     from segblocks.models import create_model
+    from segblocks.models.inter2former import Inter2Former
+    from segblocks.models.inter2former.export import Inter2FormerOnnxDecoder
     from segblocks.models.sam import SamClickModel, SamDecoder, SamModel
 
     if isinstance(model, str):
         model = create_model(model, **create_kwargs)
     elif create_kwargs:
         raise TypeError(f"decoder_for_export: {sorted(create_kwargs)} apply only to a registry name")
+    if isinstance(model, Inter2Former):
+        if multimask_output:
+            raise TypeError("decoder_for_export: multimask_output applies only to SAM-style models")
+        return Inter2FormerOnnxDecoder.from_model(model, image_size=image_size)
+    if image_size is not None:
+        raise TypeError("decoder_for_export: image_size applies only to Inter2Former (SAM's is fixed by its encoder)")
     inner = model
     if isinstance(inner, SamClickModel):
         inner = inner.sam
@@ -144,8 +182,8 @@ def decoder_for_export(model: nn.Module | str, *, multimask_output: bool = False
         inner = inner.sam
     if not isinstance(inner, (SamModel, SamDecoder)):
         raise TypeError(
-            "decoder_for_export: expected a SAM-style model (SamModel, SamDecoder, SamClickModel, FocSAM) or its "
-            f"registry name; got {type(model).__name__} (its decoder is not exportable, see segblocks.export)"
+            "decoder_for_export: expected a SAM-style model (SamModel, SamDecoder, SamClickModel, FocSAM), an "
+            f"Inter2Former, or a registry name; got {type(model).__name__} (its decoder is not exportable, see segblocks.export)"
         )
     return SamOnnxDecoder(
         prompt_encoder=inner.prompt_encoder, mask_decoder=inner.mask_decoder, multimask_output=multimask_output
@@ -153,13 +191,18 @@ def decoder_for_export(model: nn.Module | str, *, multimask_output: bool = False
 
 
 def example_inputs(
-    decoder: SamOnnxDecoder, *, batch: int = 1, clicks: int = 2, generator: torch.Generator | None = None
+    decoder: nn.Module, *, batch: int = 1, clicks: int = 2, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, ...]:
-    """Random inputs of the decoder graph (float32), in :data:`DECODER_INPUTS` order.
+    """Random inputs of the decoder graph, in ``decoder.input_names`` order.
 
-    Labels are 1 for the first click, then random in {1, 0, -1}; ``has_mask_input`` is 0 for the
-    first sample and 1 for the others, so both dense-prompt branches are exercised.
+    SAM (:data:`DECODER_INPUTS`, float32): labels are 1 for the first click, then random in
+    {1, 0, -1}; ``has_mask_input`` is 0 for the first sample and 1 for the others, so both
+    dense-prompt branches are exercised. Inter2Former: ``clicks`` is unused (the clicks are merged
+    into ``M_ref`` by the caller);
+    :meth:`~segblocks.models.inter2former.export.Inter2FormerOnnxDecoder.example_inputs`.
     """
+    if not isinstance(decoder, SamOnnxDecoder):
+        return decoder.example_inputs(batch=batch, generator=generator)
     if batch < 1 or clicks < 1:
         raise ValueError(f"example_inputs: batch and clicks must be >= 1; got {batch}, {clicks}")
     c, h, w = decoder.embedding_shape
@@ -175,26 +218,20 @@ def example_inputs(
     return emb, coords, labels, mask, has
 
 
-def _dynamic_shapes(max_batch: int = 1024, max_clicks: int = 1024) -> tuple[dict[int, Any], ...]:
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    clicks = torch.export.Dim("clicks", min=1, max=max_clicks)
-    return ({0: batch}, {0: batch, 1: clicks}, {0: batch, 1: clicks}, {0: batch}, {0: batch})
-
-
-def export_program(decoder: SamOnnxDecoder, example: Sequence[torch.Tensor] | None = None) -> torch.export.ExportedProgram:
-    """``torch.export.export`` of the decoder with dynamic batch and click count (save it with ``torch.export.save``)."""
+def export_program(decoder: nn.Module, example: Sequence[torch.Tensor] | None = None) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of the decoder with a dynamic batch (and click count for SAM); save it with ``torch.export.save``."""
     example = tuple(example) if example is not None else example_inputs(decoder, batch=2, clicks=3)
-    return torch.export.export(decoder.eval(), example, dynamic_shapes=_dynamic_shapes())
+    return torch.export.export(decoder.eval(), example, dynamic_shapes=decoder.dynamic_shapes())
 
 
 def export_onnx(
-    decoder: SamOnnxDecoder,
+    decoder: nn.Module,
     path: str | os.PathLike,
     *,
     example: Sequence[torch.Tensor] | None = None,
     opset_version: int | None = None,
 ) -> Path:
-    """Write the decoder as an ONNX file (dynamo exporter; dynamic batch and click count).
+    """Write the decoder as an ONNX file (dynamo exporter; dynamic batch, and click count for SAM).
 
     Raises:
         ImportError: onnx / onnxscript missing, naming the ``export`` extra.
@@ -209,53 +246,58 @@ def export_onnx(
     example = tuple(example) if example is not None else example_inputs(decoder, batch=2, clicks=3)
     kwargs = {} if opset_version is None else {"opset_version": opset_version}
     program = torch.onnx.export(
-        decoder.eval(), example, dynamo=True, dynamic_shapes=_dynamic_shapes(),
-        input_names=list(DECODER_INPUTS), output_names=list(DECODER_OUTPUTS), verbose=False, **kwargs,
+        decoder.eval(), example, dynamo=True, dynamic_shapes=decoder.dynamic_shapes(),
+        input_names=list(decoder.input_names), output_names=list(decoder.output_names), verbose=False, **kwargs,
     )
     program.save(str(path))
     return path
 
 
 def run_onnx(path: str | os.PathLike, inputs: Sequence[torch.Tensor] | Mapping[str, Any]) -> list:
-    """Run an exported decoder in onnxruntime (CPU); ``inputs`` in :data:`DECODER_INPUTS` order or by name.
+    """Run an exported decoder in onnxruntime (CPU); ``inputs`` in the graph's input order or by name.
 
     Returns:
-        The outputs as numpy arrays, in :data:`DECODER_OUTPUTS` order.
+        The outputs as numpy arrays, in the graph's output order (:data:`DECODER_OUTPUTS` for SAM).
     """
     try:
         import onnxruntime
     except ImportError as err:
         raise ImportError("running ONNX files needs onnxruntime: pip install 'segblocks[export]'") from err
-    if not isinstance(inputs, Mapping):
-        inputs = dict(zip(DECODER_INPUTS, inputs))
-    feed = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(list(DECODER_OUTPUTS), feed)
+    if not isinstance(inputs, Mapping):
+        inputs = dict(zip([i.name for i in session.get_inputs()], inputs))
+    feed = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    return session.run([o.name for o in session.get_outputs()], feed)
 
 
 def check_onnx(
-    decoder: SamOnnxDecoder,
+    decoder: nn.Module,
     path: str | os.PathLike,
     *,
-    shapes: Sequence[tuple[int, int]] = ((1, 1), (2, 3), (3, 7)),
+    shapes: Sequence[tuple[int, int]] | None = None,
     tolerance: tuple[float, float] = ONNX_TOLERANCE,
 ) -> float:
     """Compare onnxruntime with PyTorch on random inputs of each ``(batch, clicks)``; returns the max |Δ|.
+
+    ``shapes`` default: ``(1, 1), (2, 3), (3, 7)`` for SAM; batch sizes 1, 2, 4 for Inter2Former
+    (its four ``M_ref`` cases, :func:`example_inputs`).
 
     Raises:
         AssertionError: an output differs beyond ``tolerance`` ``(atol, rtol)``, naming it.
     """
     import numpy as np
 
+    if shapes is None:
+        shapes = ((1, 1), (2, 3), (3, 7)) if isinstance(decoder, SamOnnxDecoder) else ((1, 1), (2, 1), (4, 1))
     atol, rtol = tolerance
     worst = 0.0
     for i, (batch, clicks) in enumerate(shapes):
         inputs = example_inputs(decoder, batch=batch, clicks=clicks, generator=torch.Generator().manual_seed(100 + i))
         with torch.no_grad():
             expected = [t.numpy() for t in decoder(*inputs)]
-        for name, got, ref in zip(DECODER_OUTPUTS, run_onnx(path, inputs), expected):
+        for name, got, ref in zip(decoder.output_names, run_onnx(path, inputs), expected):
             if got.shape != ref.shape:
                 raise AssertionError(f"{name}: onnxruntime shape {got.shape} != PyTorch {ref.shape} (B={batch}, N={clicks})")
             diff = float(np.abs(got - ref).max()) if ref.size else 0.0
@@ -269,27 +311,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m segblocks.export`` / ``segblocks export``: write the decoder as ONNX (and a ``.pt2`` program)."""
     parser = argparse.ArgumentParser(
         prog="segblocks export",
-        description="Export an interactive model's per-click decoder (SAM-style, FocSAM) to ONNX with dynamic "
-        "batch and click count, then check it in onnxruntime against PyTorch.",
+        description="Export an interactive model's per-click decoder (SAM-style, FocSAM, Inter2Former) to ONNX with "
+        "a dynamic batch (and click count for SAM), then check it in onnxruntime against PyTorch.",
     )
-    parser.add_argument("--model", required=True, help="registry name, e.g. sam_tiny, sam_vit_b, sam_hrsam_tiny, focsam_tiny")
+    parser.add_argument("--model", required=True,
+                        help="registry name, e.g. sam_tiny, sam_vit_b, sam_hrsam_tiny, focsam_tiny, inter2former_tiny")
     parser.add_argument("--out", required=True, help="ONNX file to write, e.g. decoder.onnx")
     parser.add_argument("--checkpoint", default=None, help="local weights (official SAM file, Lightning .ckpt)")
     parser.add_argument("--checkpoint-prefix", default="", help="key prefix to keep and strip (model.sam. in an InteractiveSegmentation .ckpt)")
     parser.add_argument("--multimask", action="store_true", help="export SAM's 3 ambiguity masks instead of one")
     parser.add_argument("--program", default=None, help="also save the torch.export program here (.pt2)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="Inter2Former: square input size the graph is fixed to (default 4 x the encoder's anchor scale)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     ns = parser.parse_args(None if argv is None else list(argv))
     kwargs = {"checkpoint": ns.checkpoint, "checkpoint_prefix": ns.checkpoint_prefix} if ns.checkpoint else {}
+    if ns.image_size is not None:
+        kwargs["image_size"] = ns.image_size
     decoder = decoder_for_export(ns.model, multimask_output=ns.multimask, **kwargs)
     if ns.program:
+        Path(ns.program).parent.mkdir(parents=True, exist_ok=True)
         torch.export.save(export_program(decoder), ns.program)
         print(f"torch.export program written to {ns.program}")
     path = export_onnx(decoder, ns.out, opset_version=ns.opset)
-    c, h, w = decoder.embedding_shape
-    print(f"ONNX decoder written to {path}: inputs {', '.join(DECODER_INPUTS)} (embeddings {c}x{h}x{w}), "
-          f"outputs {', '.join(DECODER_OUTPUTS)}")
+    if isinstance(decoder, SamOnnxDecoder):
+        c, h, w = decoder.embedding_shape
+        sizes = f"embeddings {c}x{h}x{w}"
+    else:
+        sizes = "input " + "x".join(map(str, decoder.image_size))
+    print(f"ONNX decoder written to {path}: inputs {', '.join(decoder.input_names)} ({sizes}), "
+          f"outputs {', '.join(decoder.output_names)}")
     if not ns.no_check:
         diff = check_onnx(decoder, path)
         atol, rtol = ONNX_TOLERANCE

@@ -13,7 +13,7 @@ from segblocks.blocks.inter2former.bsqa import BSQAttention
 from segblocks.blocks.inter2former.canny import Canny, CannyNet
 from segblocks.blocks.inter2former.dha import DynamicHybridAttention
 from segblocks.blocks.inter2former.dlu import DynamicLocalUpsampling, Upsample2x
-from segblocks.blocks.inter2former.dpe import DynamicPromptEmbedding, prompt_boxes
+from segblocks.blocks.inter2former.dpe import DynamicPromptEmbedding, box_mask, prompt_boxes
 from segblocks.blocks.inter2former.hmoe import HybridMoE
 from segblocks.blocks.inter2former.selection import EdgeTokenSelection, edge_token_mask, select_edge_tokens
 
@@ -27,6 +27,7 @@ __all__ = [
     "HybridMoE",
     "EdgeTokenSelection",
     "Upsample2x",
+    "box_mask",
     "edge_token_mask",
     "prompt_boxes",
     "select_edge_tokens",

@@ -13,6 +13,9 @@ learned base vectors (``codebook``; rows ``0..S-1`` are ``C¹``, rows ``S..2S-1`
   ``softmax(q K̂ᵀ) V = Σ_c e^{q·C_c} (ΔᵀV)_c / Σ_c e^{q·C_c} (Δᵀ1)_c`` — the **same** value,
   computed in ``O(N · 2^S)`` instead of ``O(N²)``. It is implemented as a softmax over the codes
   with logits ``q·C_c / sqrt(D) + log count_c`` applied to the per-code value means.
+* **Static shapes** (:meth:`BSQAttention.forward_dense`, for ``torch.export`` / ONNX): the same two
+  forms on a padded ``(B, L, H, D)`` batch in which every sample has the same lengths; the
+  per-code sums and counts come from a one-hot ``(B, L, H, 2^S)`` matrix instead of a scatter.
 
 Layout and sizes follow the authors' code (YouHuang67/inter2former,
 ``inter2former/necks/dpe_dha_hmoe.py``, ``BSQAttention``): ``code_proj = Linear(D, S)``, codebook
@@ -84,7 +87,9 @@ class BSQAttention(nn.Module):
         """All ``2^S`` quantized keys ``(2^S, D)`` (row ``c`` = the key of code ``c``)."""
         S = self.code_size
         c = torch.arange(2 ** S, device=self.codebook.device)
-        bits = ((c[:, None] >> torch.arange(S - 1, -1, -1, device=c.device)) & 1).to(dtype or self.codebook.dtype)
+        place = 2 ** torch.arange(S - 1, -1, -1, device=c.device)  # S: MSB first
+        # bit i of c as (c // 2^i) % 2, not c >> i: ONNX has no shift for int64 tensors
+        bits = (torch.div(c[:, None], place, rounding_mode="floor") % 2).to(dtype or self.codebook.dtype)  # 2^S x S
         return self.dequantize(bits)  # 2^S x D
 
     # ------------------------------------------------------------------ attention
@@ -123,6 +128,55 @@ class BSQAttention(nn.Module):
             return out, loss
         return self._exact(q, v, codes, q_lengths, kv_lengths), loss
 
+    def forward_dense(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, exact: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` on a padded batch with static shapes (``torch.export`` / ONNX).
+
+        Equal to :meth:`forward` with ``q_lengths = (Lq,) * B`` and ``kv_lengths = (Lk,) * B`` on
+        the flattened tensors (same loss): train form = softmax over all quantized keys of the
+        sample, exact form (Eq. 8-9) = per-code value sums and counts from a one-hot matrix
+        (``O(B · Lk · 2^S)`` memory) instead of :meth:`forward`'s scatter. No Python loop over the
+        batch and no data-dependent shape.
+
+        Args:
+            q: ``(B, Lq, H, D)`` queries.
+            k, v: ``(B, Lk, H, D)`` keys and values (``Lk >= 1``).
+            exact: as in :meth:`forward`.
+
+        Returns:
+            ``out`` ``(B, Lq, H, D)`` and the commitment loss.
+        """
+        owner = type(self).__name__
+        B, _, H, D = check_tensor(q, "q", owner=owner, shape=("B", "Lq", "H", ("D", self.head_dim)))
+        check_tensor(k, "k", owner=owner, shape=(("B", B), "Lk", ("H", H), ("D", D)))
+        check_tensor(v, "v", owner=owner, shape=(("B", B), ("Lk", k.shape[1]), ("H", H), ("D", D)))
+        check_same({"q": q, "k": k, "v": v}, owner=owner)
+        bits, codes, loss = self.quantize(k)  # B x Lk x H x S, B x Lk x H
+        exact = (not self.training) if exact is None else exact
+        if not exact:
+            k_hat = self.dequantize(bits)  # B x Lk x H x D
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k_hat.transpose(1, 2), v.transpose(1, 2))  # B x H x Lq x D
+            return out.transpose(1, 2), loss  # B x Lq x H x D
+        C = 2 ** self.code_size
+        one_hot = (codes[..., None] == torch.arange(C, device=q.device)).to(q.dtype)  # B x Lk x H x C
+        counts = one_hot.sum(1)  # B x H x C
+        sums = torch.einsum("blhc,blhd->bhcd", one_hot, v)  # B x H x C x D
+        logits = torch.einsum("bqhd,cd->bqhc", q, self.code_table(q.dtype)) * D ** -0.5  # B x Lq x H x C
+        w = self._code_weights(logits, counts[:, None])  # B x Lq x H x C
+        return torch.einsum("bqhc,bhcd->bqhd", w, self._code_means(sums, counts)), loss
+
+    @staticmethod
+    def _code_means(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Per-code value means ``(..., C, D)`` from sums ``(..., C, D)`` and counts ``(..., C)`` (empty codes: 0)."""
+        return sums / counts.clamp(min=1)[..., None]
+
+    @staticmethod
+    def _code_weights(logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Eq. 8-9 weights over the codes: ``softmax(q·C_c / sqrt(D) + log count_c)`` (empty codes: 0)."""
+        log_counts = torch.where(counts > 0, counts.clamp(min=1).log(), float("-inf"))
+        return torch.softmax(logits + log_counts, dim=-1)
+
     def _exact(self, q, v, codes, q_lengths, kv_lengths) -> torch.Tensor:
         """Eq. 8-9 per sample: value sums and counts per code, softmax over the ``2^S`` codes."""
         H, D = q.shape[1:]
@@ -133,14 +187,13 @@ class BSQAttention(nn.Module):
         slot = (seg[:, None] * H + torch.arange(H, device=q.device)) * C + codes  # Nk x H
         counts = torch.bincount(slot.reshape(-1), minlength=B * H * C).view(B, H, C).to(q.dtype)  # B x H x C
         sums = v.new_zeros(B * H * C, D).index_add_(0, slot.reshape(-1), v.reshape(-1, D)).view(B, H, C, D)
-        means = sums / counts.clamp(min=1)[..., None]  # B x H x C x D
-        log_counts = torch.where(counts > 0, counts.clamp(min=1).log(), float("-inf"))  # B x H x C
+        means = self._code_means(sums, counts)  # B x H x C x D
         logits = torch.einsum("nhd,cd->nhc", q, self.code_table(q.dtype)) * D ** -0.5  # Nq x H x C
         outs = []
         start = 0
         for b, n in enumerate(q_lengths):
             if n:
-                w = torch.softmax(logits[start:start + n] + log_counts[b], dim=-1)  # n x H x C
+                w = self._code_weights(logits[start:start + n], counts[b])  # n x H x C
                 outs.append(torch.einsum("nhc,hcd->nhd", w, means[b]))
             start += n
         return torch.cat(outs)  # Nq x H x D

@@ -13,17 +13,24 @@ Sizes follow the authors' code (YouHuang67/inter2former, ``inter2former/necks/dp
 inference differ only inside BSQA (softmax over quantized keys vs. the exact code-table form);
 the authors' train path also runs BSQA on the edge tokens and then overwrites them (γ = 1), which
 is the same forward and the same gradients as skipping them, as done here.
+
+:meth:`DynamicHybridAttention.forward_static` is the static-shape path for ``torch.export`` / ONNX:
+it runs both attentions for **every** query (dense per-sample full attention with RoPE, and
+:meth:`~segblocks.blocks.inter2former.bsqa.BSQAttention.forward_dense`) and picks each query's
+result with the ``(B, L)`` edge mask. Queries do not interact, so it equals the sparse forward; it
+costs the full ``O(L²)`` attention of every query (speed, not correctness).
 """
 from __future__ import annotations
 
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segblocks.blocks.inter2former.bsqa import BSQAttention
 from segblocks.blocks.inter2former.selection import EdgeTokenSelection
-from segblocks.layers.rope import VisionRotaryEmbedding2d
+from segblocks.layers.rope import VisionRotaryEmbedding2d, apply_rope_2d, rope_2d_tables
 from segblocks.ops._checks import check_int, check_module_dtype, check_tensor
 from segblocks.ops.varlen_attention import SeqLens, varlen_attention
 
@@ -120,6 +127,32 @@ class DynamicHybridAttention(nn.Module):
             seqlens = SeqLens.from_seqlens(selection.lengths, (L,) * B, device=x.device)
             out = out.index_copy(0, selection.idxs, varlen_attention(q_fa, k_fa, v, seqlens, backend=self.backend))
         return self.o_proj(out.reshape(B * L, self.attn_dim)).view(B, L, C), loss
+
+    def forward_static(
+        self, x: torch.Tensor, grid: tuple[int, int], mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with static shapes (module docstring): ``mask`` ``(B, L)`` bool edge tokens.
+
+        Same outputs as ``forward(x, grid, EdgeTokenSelection.from_mask(mask))``. No cache is used
+        (the RoPE tables are rebuilt), so it can be traced by ``torch.export``.
+        """
+        owner = type(self).__name__
+        B, L, C = check_tensor(x, "x", owner=owner, shape=("B", "L", ("C", self.embed_dim)))
+        check_tensor(mask, "mask", owner=owner, shape=(("B", B), ("L", L)), dtype="bool")
+        check_module_dtype(x, self, owner=owner)
+        h, w = (check_int(v, "grid", owner=owner, minimum=1) for v in grid)
+        if h * w != L:
+            raise ValueError(f"{owner}: grid {h}x{w} holds {h * w} tokens but x has L={L}")
+        q, k, v = self.qkv_proj(x).view(B, L, 3, self.num_heads, self.head_dim).unbind(2)  # each B x L x H x D
+        out_bsq, loss = self.bsqa.forward_dense(q, k, v)  # B x L x H x D, Eq. 7-14 for every query
+        if self.rope is not None:  # Eq. 6 with RoPE on every query and key
+            ys, xs = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
+            cos, sin = rope_2d_tables(torch.stack([ys, xs], -1).reshape(L, 2), self.head_dim, theta=self.rope.theta,
+                                      scale=self.rope.scale, dtype=torch.promote_types(x.dtype, torch.float32))
+            q, k = (apply_rope_2d(t.transpose(0, 1), cos, sin).transpose(0, 1) for t in (q, k))  # B x L x H x D
+        out_fa = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # B x H x L x D
+        out = torch.where(mask[:, :, None, None], out_fa.transpose(1, 2), out_bsq)  # B x L x H x D, Eq. 5
+        return self.o_proj(out.reshape(B, L, self.attn_dim)), loss
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, attn_dim={self.attn_dim}, num_heads={self.num_heads}"

@@ -20,6 +20,20 @@ while training normalises over the full map, a train/inference discrepancy. ``cr
 (default) reproduces it; ``crop_norm=False`` uses the full-map statistics of every stage (it
 runs the full-map stages once to get them, so it costs as much as full upsampling: a diagnostic
 to measure the discrepancy, not a fast path).
+
+Static shapes (:meth:`DynamicLocalUpsampling.forward_static`, for ``torch.export`` / ONNX): the
+stages run on the whole map with the box as masks that reproduce the crop exactly, stage by stage:
+
+* GroupNorm statistics over the box only (:meth:`Upsample2x.statistics` with a mask) when
+  ``crop_norm``; the full-map ones otherwise, as the local path;
+* bicubic ×2 clamps its taps to the crop, so the features outside the box are replaced by the
+  nearest in-box feature (:func:`clamp_to_box`: replicate padding) before interpolating — the
+  box offsets are integers at every stage, so the source positions and cubic weights are the
+  crop's;
+* the 3x3 convolution sees zeros outside the box (``pad_mask``), as the crop's zero padding;
+* the output is the background logit outside the box.
+
+It costs the full upsampling (speed, not correctness).
 """
 from __future__ import annotations
 
@@ -29,9 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segblocks.blocks.inter2former.dpe import box_mask
 from segblocks.ops._checks import check_finite_float, check_int, check_module_dtype, check_tensor
 
-__all__ = ["DynamicLocalUpsampling", "SimMLP", "Upsample2x", "logit_boxes"]
+__all__ = ["DynamicLocalUpsampling", "SimMLP", "Upsample2x", "clamp_to_box", "logit_boxes"]
 
 _Stats = tuple[torch.Tensor, torch.Tensor]
 
@@ -40,7 +55,9 @@ class Upsample2x(nn.Module):
     """One DLU stage: ``GN(1, C) → bicubic ×2 → + edge → Conv3x3(C → C/4) [→ SiLU]``.
 
     Forward: ``x`` ``(B, C, h, w)``, ``edge`` ``(B, C, 2h, 2w)`` → ``(B, C/4, 2h, 2w)``. ``stats``
-    optionally replaces the GroupNorm statistics by given per-sample ``(mean, var)`` ``(B,)``.
+    optionally replaces the GroupNorm statistics by given per-sample ``(mean, var)`` ``(B,)``;
+    ``pad_mask`` ``(B, 1, 2h, 2w)`` bool optionally zeroes the convolution input outside it (a
+    crop's zero padding on the whole map, see the module docstring).
     """
 
     def __init__(self, *, channels: int, out_channels: int | None = None, act: bool = True) -> None:
@@ -50,12 +67,21 @@ class Upsample2x(nn.Module):
         self.conv = nn.Conv2d(channels, out_channels, 3, padding=1)
         self.act = act
 
-    def statistics(self, x: torch.Tensor) -> _Stats:
-        """GroupNorm(1) statistics ``(mean, biased var)``, each ``(B,)``."""
-        flat = x.flatten(1)
-        return flat.mean(1), flat.var(1, unbiased=False)
+    def statistics(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> _Stats:
+        """GroupNorm(1) statistics ``(mean, biased var)``, each ``(B,)``.
 
-    def forward(self, x: torch.Tensor, edge: torch.Tensor, stats: _Stats | None = None) -> torch.Tensor:
+        ``mask`` ``(B, 1, h, w)`` bool: over the pixels inside it only (a crop's statistics).
+        """
+        if mask is None:
+            flat = x.flatten(1)
+            return flat.mean(1), flat.var(1, unbiased=False)
+        m = mask.to(x.dtype)  # B x 1 x h x w
+        n = m.sum((1, 2, 3)) * x.shape[1]  # B
+        mean = (x * m).sum((1, 2, 3)) / n
+        return mean, ((x - mean.view(-1, 1, 1, 1)) ** 2 * m).sum((1, 2, 3)) / n
+
+    def forward(self, x: torch.Tensor, edge: torch.Tensor, stats: _Stats | None = None,
+                pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         if stats is None:
             x = self.norm(x)
         else:
@@ -63,6 +89,8 @@ class Upsample2x(nn.Module):
             x = (x - mean.view(-1, 1, 1, 1)) / torch.sqrt(var.view(-1, 1, 1, 1) + self.norm.eps)
             x = x * self.norm.weight.view(1, -1, 1, 1) + self.norm.bias.view(1, -1, 1, 1)
         x = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False) + edge  # B x C x 2h x 2w
+        if pad_mask is not None:
+            x = x * pad_mask
         x = self.conv(x)
         return F.silu(x) if self.act else x
 
@@ -96,6 +124,21 @@ def logit_boxes(coarse: torch.Tensor, threshold: float) -> torch.Tensor:
     boxes = torch.stack([y0, x0, y1, x1], 1)
     full = torch.tensor([0, 0, h, w], device=m.device)
     return torch.where(rows.any(1)[:, None], boxes, full)
+
+
+def clamp_to_box(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Replicate padding of each sample's box over the whole map: pixel ``(i, j)`` takes
+    ``x[clamp(i, y0, y1 - 1), clamp(j, x0, x1 - 1)]``.
+
+    Args:
+        x: ``(B, C, h, w)``.
+        boxes: ``(B, 4)`` int64 ``(y0, x0, y1, x1)`` in pixels of ``x``, non-empty.
+    """
+    B, C, h, w = x.shape
+    ys = torch.minimum(torch.maximum(torch.arange(h, device=x.device), boxes[:, 0:1]), boxes[:, 2:3] - 1)  # B x h
+    xs = torch.minimum(torch.maximum(torch.arange(w, device=x.device), boxes[:, 1:2]), boxes[:, 3:4] - 1)  # B x w
+    x = x.gather(2, ys[:, None, :, None].expand(B, C, h, w))  # B x C x h x w, rows clamped
+    return x.gather(3, xs[:, None, None, :].expand(B, C, h, w))  # columns clamped
 
 
 class DynamicLocalUpsampling(nn.Module):
@@ -189,6 +232,27 @@ class DynamicLocalUpsampling(nn.Module):
             st = None if stats is None else [(m[b:b + 1], v[b:b + 1]) for m, v in stats]
             out[b:b + 1, :, y0 * s:y1 * s, x0 * s:x1 * s] = self.upsample(crop, crop_edges, st)
         return out, coarse
+
+    def forward_static(self, x: torch.Tensor, edges: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with static shapes (module docstring), for ``torch.export`` / ONNX: same outputs."""
+        self._check(x, edges)
+        coarse = self.mlp(x.detach())  # B x 1 x h x w, Eq. 21
+        local = (not self.training) if self.local is None else self.local
+        if not local:
+            return self.upsample(x, edges), coarse
+        stats = None
+        if not self.crop_norm:
+            stats = []
+            self.upsample(x, edges, record=stats)
+        B, _, h, w = x.shape
+        boxes = logit_boxes(coarse, self.threshold)  # B x 4 tokens, Eq. 22
+        f = 1  # scale of the current stage input
+        for j, (up, edge) in enumerate(zip(self.upsamplers, edges)):
+            st = stats[j] if stats is not None else up.statistics(x, box_mask(boxes * f, h * f, w * f))
+            x = up(clamp_to_box(x, boxes * f), edge, st, pad_mask=box_mask(boxes * 2 * f, h * 2 * f, w * 2 * f))
+            f *= 2
+        inside = box_mask(boxes * f, h * f, w * f)  # B x 1 x H x W
+        return torch.where(inside, x, torch.full_like(x, self.background)), coarse  # Eq. 24
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, threshold={self.threshold}, crop_norm={self.crop_norm}, local={self.local}"

@@ -16,6 +16,13 @@ box rule in ``engine/utils/zoom_in.py``):
 * ``e_bg``: the constant POSSIBLE_BG label tiled to ``48 x 48`` (three strides), embedded and
   convolved; the centre output ``[1, 1]`` (its receptive field is interior, so zero padding does
   not reach it). It is recomputed from the current weights at every call, so it trains.
+
+Static shapes (:meth:`DynamicPromptEmbedding.forward_static`, for ``torch.export`` / ONNX): the
+whole map is embedded and, at the input of every convolution, the features outside the box
+(:func:`box_mask`, the box scaled to that stage) are zeroed. The box corners are multiples of the
+total stride, so the crop's stride grid is the map's and the zeroed ring is exactly the zero
+padding the crop sees at its border: the tokens inside the box equal the cropped computation.
+It costs a full-map embedding instead of a box-sized one.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ from torch import nn
 from segblocks.interactive.ref_label import RefLabel
 from segblocks.ops._checks import check_int, check_int_sequence, check_tensor
 
-__all__ = ["DynamicPromptEmbedding", "PatchConv", "prompt_boxes"]
+__all__ = ["DynamicPromptEmbedding", "PatchConv", "box_mask", "prompt_boxes"]
 
 
 class PatchConv(nn.Module):
@@ -92,6 +99,15 @@ def prompt_boxes(ref_label: torch.Tensor, stride: int, *, expand: int = 1) -> to
     return torch.where(empty[:, None], full, boxes)
 
 
+def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(B, 1, height, width)`` bool, True inside each sample's box ``(y0, x0, y1, x1)`` (``(B, 4)``, exclusive ends)."""
+    ys = torch.arange(height, device=boxes.device)  # height
+    xs = torch.arange(width, device=boxes.device)  # width
+    rows = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 2:3])  # B x height
+    cols = (xs >= boxes[:, 1:2]) & (xs < boxes[:, 3:4])  # B x width
+    return (rows[:, :, None] & cols[:, None, :])[:, None]  # B x 1 x height x width
+
+
 class DynamicPromptEmbedding(nn.Module):
     """DPE (Inter2Former §3.3, Eq. 1-3): prompt tokens from ``M_ref``, computed inside a box only.
 
@@ -151,15 +167,49 @@ class DynamicPromptEmbedding(nn.Module):
         tile = torch.full((1, 3 * s, 3 * s), int(RefLabel.POSSIBLE_BG), device=self.ref_embeds.weight.device)
         return self.embed(tile)[0, :, 1, 1]  # d
 
-    def forward(self, ref_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check_shape(self, ref_label: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` or ``(B, H, W)`` integer, ``H, W`` multiples of the stride → ``(B, H, W)``."""
         owner = type(self).__name__
         if isinstance(ref_label, torch.Tensor) and ref_label.dim() == 4:
             check_tensor(ref_label, "ref_label", owner=owner, shape=("B", ("1", 1), "H", "W"), dtype="integer")
             ref_label = ref_label[:, 0]
-        B, H, W = check_tensor(ref_label, "ref_label", owner=owner, shape=("B", "H", "W"), dtype="integer")
+        _, H, W = check_tensor(ref_label, "ref_label", owner=owner, shape=("B", "H", "W"), dtype="integer")
         s = self.stride
         if H % s or W % s:
             raise ValueError(f"{owner}: ref_label height and width must be multiples of {s}; got {H}x{W}")
+        return ref_label
+
+    def _embed_whole(self, ref_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The "Non-DPE" path: the whole map embedded, boxes = the whole image."""
+        B, H, W = ref_label.shape
+        return self.embed(ref_label), torch.tensor([[0, 0, H, W]], device=ref_label.device).expand(B, 4)
+
+    def forward_static(self, ref_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with static shapes (module docstring), for ``torch.export`` / ONNX.
+
+        Same outputs as :meth:`forward`; the values of ``ref_label`` are not checked (that needs
+        their range, a data-dependent test): they must be the 5 M_ref states 0..4.
+        """
+        ref_label = self._check_shape(ref_label)
+        _, H, W = ref_label.shape
+        s = self.stride
+        if not self.local:
+            return self._embed_whole(ref_label)
+        boxes = prompt_boxes(ref_label, s, expand=self.box_expand)  # B x 4, multiples of s
+        x = self.ref_embeds(ref_label.long()).permute(0, 3, 1, 2)  # B x 5 x H x W, Eq. 1
+        f = 1  # stride of the current stage input
+        for conv in self.ref_conv.convs:  # Eq. 2, zero outside the box = the crop's zero padding
+            x = F.relu(conv(x * box_mask(boxes // f, H // f, W // f)))
+            f *= conv.stride[0]
+        inside = box_mask(boxes // s, H // s, W // s)  # B x 1 x h x w
+        out = torch.where(inside, x, self.background_embedding().view(1, -1, 1, 1))  # B x d x h x w, Eq. 3
+        return out, boxes
+
+    def forward(self, ref_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        owner = type(self).__name__
+        ref_label = self._check_shape(ref_label)
+        B, H, W = ref_label.shape
+        s = self.stride
         if ref_label.numel() and (int(ref_label.min()) < 0 or int(ref_label.max()) > 4):
             raise ValueError(
                 f"{owner}: ref_label must hold the 5 M_ref states 0..4; got range "
@@ -167,8 +217,7 @@ class DynamicPromptEmbedding(nn.Module):
             )
         h, w = H // s, W // s
         if not self.local:
-            full = torch.tensor([[0, 0, H, W]], device=ref_label.device).expand(B, 4)
-            return self.embed(ref_label), full
+            return self._embed_whole(ref_label)
         boxes = prompt_boxes(ref_label, s, expand=self.box_expand)  # B x 4
         bg = self.background_embedding()  # d
         out = bg.view(1, -1, 1, 1).expand(B, self.embed_dim, h, w).clone()  # B x d x h x w

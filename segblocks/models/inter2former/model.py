@@ -43,6 +43,7 @@ from segblocks.blocks.inter2former import (
     DynamicLocalUpsampling,
     DynamicPromptEmbedding,
     HybridMoE,
+    edge_token_mask,
     select_edge_tokens,
 )
 from segblocks.interactive.clicker import Clicks
@@ -97,8 +98,17 @@ class Inter2FormerBlock(nn.Module):
         self.ffn = ffn
 
     def forward(self, x, grid, selection):
-        """``x`` ``(B, L, d)`` → ``(B, L, d)`` and the BSQ loss."""
+        """``x`` ``(B, L, d)`` → ``(B, L, d)`` and the BSQ loss.
+
+        ``selection``: an :class:`~segblocks.blocks.inter2former.EdgeTokenSelection` (the sparse
+        path), or the ``(B, L)`` bool edge mask for the static-shape path of ``torch.export`` /
+        ONNX (the blocks' ``forward_static``; same outputs).
+        """
         B, L, C = x.shape
+        if isinstance(selection, torch.Tensor):
+            a, loss = self.attn.forward_static(self.norm1(x), grid, selection)
+            ffn = self.ffn.forward_static(self.norm2(x + a).reshape(B * L, C), selection.reshape(B * L))  # BL x d
+            return x + a + ffn.view(B, L, C), loss
         a, loss = self.attn(self.norm1(x), grid, selection)
         x = x + a
         x = x + self.ffn(self.norm2(x).reshape(B * L, C), selection.idxs).view(B, L, C)
@@ -114,6 +124,8 @@ class Inter2FormerNeck(nn.Module):
         kernel_size: local-variance window of the edge map (7, Eq. 4).
 
     Forward: ``x`` ``(B, d, h, w)``, ``ref_label`` ``(B, H, W)`` → ``(B, d, h, w)`` and the mean BSQ loss.
+    ``static=True``: the static-shape path for ``torch.export`` / ONNX (DPE and the blocks'
+    ``forward_static``, the edge tokens as a mask; same outputs, full-map cost).
     """
 
     def __init__(self, *, dpe: DynamicPromptEmbedding, blocks: Sequence[Inter2FormerBlock], kernel_size: int = 7) -> None:
@@ -122,13 +134,16 @@ class Inter2FormerNeck(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.kernel_size = check_int(kernel_size, "kernel_size", owner="Inter2FormerNeck", minimum=1)
 
-    def forward(self, x: torch.Tensor, ref_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, ref_label: torch.Tensor, *, static: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         B, d, h, w = x.shape
-        prompt, _ = self.dpe(ref_label)  # B x d x h x w, Eq. 1-3
+        prompt, _ = (self.dpe.forward_static if static else self.dpe)(ref_label)  # B x d x h x w, Eq. 1-3
         # B x hw x d, F_P; contiguous once here: the strided layout would otherwise propagate
         # through every residual add and LayerNorm of the blocks (LN is ~8x slower on it)
         tokens = (x + prompt).flatten(2).transpose(1, 2).contiguous()
-        selection = select_edge_tokens(ref_label, (h, w), kernel_size=self.kernel_size)  # Eq. 4-5
+        if static:  # B x hw bool, Eq. 4-5
+            selection = edge_token_mask(ref_label, (h, w), kernel_size=self.kernel_size)
+        else:
+            selection = select_edge_tokens(ref_label, (h, w), kernel_size=self.kernel_size)  # Eq. 4-5
         losses = []
         for block in self.blocks:
             tokens, loss = block(tokens, (h, w), selection)
@@ -217,10 +232,16 @@ class Inter2Former(nn.Module):
         self._last_graded = (aux, vq) if self.training and torch.is_grad_enabled() else None
         return logits
 
-    def forward_tokens(self, features, edges, ref_label):
-        """Decoder on given tokens and ``M_ref``: ``(logits (B,1,H,W), coarse (B,1,h,w), BSQ loss)``."""
-        refined, vq = self.neck(features, ref_label)  # B x d x h x w
-        logits, coarse = self.decode_head(refined, edges)
+    def forward_tokens(self, features, edges, ref_label, *, static: bool = False):
+        """Decoder on given tokens and ``M_ref``: ``(logits (B,1,H,W), coarse (B,1,h,w), BSQ loss)``.
+
+        ``static=True``: the static-shape path of every block (``forward_static``: masks instead of
+        the data-dependent token selection and boxes) that :mod:`segblocks.models.inter2former.export`
+        traces; same outputs at full-map cost. ``ref_label`` values are then not checked.
+        """
+        refined, vq = self.neck(features, ref_label, static=static)  # B x d x h x w
+        head = self.decode_head.forward_static if static else self.decode_head
+        logits, coarse = head(refined, edges)
         return logits, coarse, vq
 
     def auxiliary_losses(self, target: torch.Tensor) -> dict[str, torch.Tensor]:
