@@ -212,16 +212,22 @@ class DynamicLocalUpsampling(nn.Module):
             x = up(x, edge, None if stats is None else stats[j])
         return x
 
-    def forward(self, x: torch.Tensor, edges: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _coarse_and_stats(self, x, edges) -> tuple[torch.Tensor, bool, list[_Stats] | None]:
+        """Checks, the coarse logits (Eq. 21), whether to upsample locally, and the full-map
+        GroupNorm statistics when ``crop_norm=False`` (None: each crop's own)."""
         self._check(x, edges)
         coarse = self.mlp(x.detach())  # B x 1 x h x w, Eq. 21
-        local = (not self.training) if self.local is None else self.local
-        if not local or x.shape[0] == 0:
-            return self.upsample(x, edges), coarse
+        local = ((not self.training) if self.local is None else self.local) and x.shape[0] > 0
         stats = None
-        if not self.crop_norm:
+        if local and not self.crop_norm:
             stats = []
             self.upsample(x, edges, record=stats)
+        return coarse, local, stats
+
+    def forward(self, x: torch.Tensor, edges: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        coarse, local, stats = self._coarse_and_stats(x, edges)
+        if not local:
+            return self.upsample(x, edges), coarse
         B, _, h, w = x.shape
         s = self.scale
         out = x.new_full((B, 1, h * s, w * s), self.background)  # Eq. 24 canvas
@@ -235,15 +241,9 @@ class DynamicLocalUpsampling(nn.Module):
 
     def forward_static(self, x: torch.Tensor, edges: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` with static shapes (module docstring), for ``torch.export`` / ONNX: same outputs."""
-        self._check(x, edges)
-        coarse = self.mlp(x.detach())  # B x 1 x h x w, Eq. 21
-        local = (not self.training) if self.local is None else self.local
+        coarse, local, stats = self._coarse_and_stats(x, edges)
         if not local:
             return self.upsample(x, edges), coarse
-        stats = None
-        if not self.crop_norm:
-            stats = []
-            self.upsample(x, edges, record=stats)
         B, _, h, w = x.shape
         boxes = logit_boxes(coarse, self.threshold)  # B x 4 tokens, Eq. 22
         f = 1  # scale of the current stage input
