@@ -18,9 +18,11 @@ browser or a service after a server-side encoder, so this module exports it alon
   :class:`~segblocks.models.sam.SamClickModel`, or a registry name such as ``sam_tiny``,
   ``sam_hrsam_tiny``), and FocSAM, whose per-click decode is SAM's decoder on the (once-refined)
   embeddings (FocSAM §3.1), so its decoder exports the same way.
-  Not exported: FocSAM's focus refiner (it runs once per object, not per click, and its number of
-  dynamic windows depends on the predicted box, a data-dependent shape ``torch.export`` cannot
-  trace).
+* :class:`~segblocks.models.focsam.export.FocusRefinerOnnx` (``--part refiner``): FocSAM's refine
+  step, run once per object (FocSAM §3.2-3.3: SAM's decoder on the refine click, then the focus
+  refiner over the dynamic windows of the predicted box); the number of windows is a
+  data-dependent size that ``torch.export`` keeps as an unbacked symbol (``NonZero`` / ``GatherND``
+  / ``ScatterND`` in ONNX): :mod:`segblocks.models.focsam.export` says how.
 * :class:`~segblocks.models.inter2former.export.Inter2FormerOnnxDecoder`: Inter2Former's per-click
   decoder (DPE → 2 × (DHA + HMoE) → DLU, Inter2Former §3.2-3.7) for ``inter2former_tiny`` /
   ``inter2former_vit_b`` or an :class:`~segblocks.models.inter2former.Inter2Former`. Its
@@ -47,6 +49,7 @@ Command line (also ``segblocks export ...``)::
     python -m segblocks.export --model sam_tiny --out decoder.onnx
     python -m segblocks.export --model sam_vit_b --checkpoint sam_vit_b_01ec64.pth --out sam_b_decoder.onnx
     python -m segblocks.export --model inter2former_tiny --out inter2former_decoder.onnx
+    python -m segblocks.export --model focsam_tiny --part refiner --out focsam_refine_step.onnx
 """
 from __future__ import annotations
 
@@ -323,13 +326,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--program", default=None, help="also save the torch.export program here (.pt2)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="Inter2Former: square input size the graph is fixed to (default 4 x the encoder's anchor scale)")
+    parser.add_argument("--part", choices=("decoder", "refiner"), default="decoder",
+                        help="decoder: the per-click decoder; refiner: FocSAM's refine step (SAM decoder + focus refiner, "
+                        "run once per object; focsam_* models)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     ns = parser.parse_args(None if argv is None else list(argv))
     kwargs = {"checkpoint": ns.checkpoint, "checkpoint_prefix": ns.checkpoint_prefix} if ns.checkpoint else {}
     if ns.image_size is not None:
         kwargs["image_size"] = ns.image_size
-    decoder = decoder_for_export(ns.model, multimask_output=ns.multimask, **kwargs)
+    if ns.part == "refiner":
+        from segblocks.models.focsam.export import refiner_for_export
+
+        if ns.multimask or ns.image_size is not None:
+            parser.error("--multimask and --image-size apply to --part decoder only")
+        decoder = refiner_for_export(ns.model, **kwargs)
+    else:
+        decoder = decoder_for_export(ns.model, multimask_output=ns.multimask, **kwargs)
     if ns.program:
         Path(ns.program).parent.mkdir(parents=True, exist_ok=True)
         torch.export.save(export_program(decoder), ns.program)
@@ -340,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = f"embeddings {c}x{h}x{w}"
     else:
         sizes = "input " + "x".join(map(str, decoder.image_size))
-    print(f"ONNX decoder written to {path}: inputs {', '.join(decoder.input_names)} ({sizes}), "
+    print(f"ONNX {ns.part} written to {path}: inputs {', '.join(decoder.input_names)} ({sizes}), "
           f"outputs {', '.join(decoder.output_names)}")
     if not ns.no_check:
         diff = check_onnx(decoder, path)

@@ -515,6 +515,12 @@ class RefineBlock(nn.Module):
 
     Shapes: ``x`` (B, C, H, W), ``query`` (B, 1, C), ``box_mask`` (B, 1, H, W) →
     ``(x', query')`` of the same shapes. ``H, W`` need not be multiples of ``S``.
+
+    Export (:mod:`segblocks.models.focsam.export`): the same code runs under ``torch.export``. The
+    number ``M`` of selected windows is then an unbacked symbolic size (it depends on the box
+    values); while exporting, the block asserts ``M >= 1`` with ``torch._check`` instead of branching
+    on ``M`` (a runtime check in the exported program), so ``box_mask`` must select at least one
+    window of the batch there. Eagerly an empty selection still returns the input unchanged.
     """
 
     def __init__(
@@ -543,6 +549,10 @@ class RefineBlock(nn.Module):
         nW = parts.selected.shape[1]
         q_all = query.expand(B, nW, C).reshape(B * nW, 1, C)  # BnW x 1 x C
         M = parts.index.numel()
+        if torch.compiler.is_exporting():
+            # torch.export / ONNX: M is an unbacked (data-dependent) size; a non-empty box (as
+            # FocusRefiner's focus box with expand ratio >= 1) selects >= 1 window, so no branch
+            torch._check(M >= 1)
         if M:
             q_sel = self.img2cls(q_all[parts.index], parts.windows)  # M x 1 x C
             f = parts.windows.transpose(1, 2).reshape(M, C, S, S)  # M x C x S x S

@@ -49,7 +49,7 @@ from segblocks.models.sam.click_model import mean_pad
 from segblocks.models.sam.sam import SamModel, SamState
 from segblocks.ops._checks import check_finite_float, check_int
 
-__all__ = ["FocSAM", "FocSamState", "focsam_hrsam_tiny", "focsam_tiny", "focsam_vit_b", "focsam_vit_h_refiner"]
+__all__ = ["FocSAM", "FocSamState", "focus_refine", "focsam_hrsam_tiny", "focsam_tiny", "focsam_vit_b", "focsam_vit_h_refiner"]
 
 _STAGES = ("decoder", "refiner")
 
@@ -158,10 +158,6 @@ class FocSAM(nn.Module):
         refine = self.refine_step if self.stage == "refiner" else None
         return FocSamState(sam=sam_state, refine_step=refine)
 
-    def _input_size(self, state: SamState) -> tuple[int, int]:
-        s = self.sam.prompt_encoder.stride
-        return int(state.embeddings.shape[-2]) * s, int(state.embeddings.shape[-1]) * s
-
     def refine(
         self,
         state: SamState,
@@ -170,12 +166,11 @@ class FocSAM(nn.Module):
         previous: torch.Tensor | None,
         expand_ratio: tuple[float, float] | None = None,
     ) -> torch.Tensor:
-        """One refiner call: decoder on the original embeddings → (coarse logits, token) → refined (B, C, h, w)."""
-        with torch.no_grad():
-            out = self.sam.decode(state, points, labels, previous_logits=previous)
-        return self.refiner(
-            state.embeddings, out.masks, out.mask_tokens[:, :1], self._input_size(state), expand_ratio=expand_ratio
-        )
+        """One refiner call: decoder on the original embeddings → (coarse logits, token) → refined (B, C, h, w).
+
+        :func:`focus_refine` with this model's SAM and refiner.
+        """
+        return focus_refine(self.sam, self.refiner, state, points, labels, previous, expand_ratio=expand_ratio)
 
     def decode(self, state: FocSamState, prompts: ClickPrompts, previous: torch.Tensor | None) -> torch.Tensor:
         """Clicks + previous (B, 1, H/4, W/4) logits → (B, 1, H/4, W/4) logits; refines once at ``state.refine_step``."""
@@ -264,6 +259,43 @@ class FocSAM(nn.Module):
             out["point_loss"] = ptl
             out["loss"] = nfl + point_loss_weight * ptl
         return out
+
+
+def focus_refine(
+    sam: SamModel,
+    refiner: FocusRefiner,
+    state: SamState,
+    points: torch.Tensor,
+    labels: torch.Tensor,
+    previous: torch.Tensor | None,
+    *,
+    expand_ratio: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """FocSAM's refine step (§3.1, Fig. 2): SAM's decoder, without gradients, on the original
+    embeddings with the current clicks gives the coarse logits ``M^(K-1)`` and the click-fused mask
+    token ``q_c^(K-1)`` (mask token 0); the refiner turns the embeddings into ``F_r^(K)``.
+
+    As ``ClickMixSegmentorRefine`` of the authors' code (YouHuang67/focsam,
+    ``focsam/segmentors/mixseg_refine.py``). Only ``sam.decode`` is used, so ``sam`` may be a
+    decoder-only :class:`SamModel` (its image encoder is never called; see
+    :mod:`segblocks.models.focsam.export`).
+
+    Args:
+        sam: the (frozen) SAM whose ``decode`` gives the coarse output.
+        refiner: the :class:`~segblocks.blocks.focsam.FocusRefiner`.
+        state: ``embeddings`` (B, C, h, w) of the padded input.
+        points: (B, N, 2) ``(x, y)`` click coordinates; ``labels``: (B, N) (1 / 0 / -1 padding).
+        previous: (B, 1, 4h, 4w) logits of the previous click, or None (SAM's no-mask embedding).
+        expand_ratio: focus-box expansion (default the refiner's, 1.4).
+
+    Returns:
+        (B, C, h, w) refined embeddings.
+    """
+    with torch.no_grad():
+        out = sam.decode(state, points, labels, previous_logits=previous)
+    s = sam.prompt_encoder.stride
+    size = (int(state.embeddings.shape[-2]) * s, int(state.embeddings.shape[-1]) * s)  # padded input (H, W)
+    return refiner(state.embeddings, out.masks, out.mask_tokens[:, :1], size, expand_ratio=expand_ratio)
 
 
 class _WithoutRefiner:
