@@ -95,3 +95,20 @@ def test_triton_grouped_gemm_under_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("max_pad_rows", [0, 8, 30])
+def test_cpu_auto_shortcut_equals_the_dispatcher(dtype, grad, max_pad_rows):
+    # select_grouped_gemm_backend answers CPU + auto without the generic dispatcher: same answer.
+    from segblocks.ops._dispatch import _select
+    from segblocks.ops.grouped_gemm import GROUPED_GEMM_BACKENDS, pad_rows_per_group, select_grouped_gemm_backend
+
+    x = torch.randn(40, 6, dtype=dtype, requires_grad=grad)
+    w, b = torch.randn(4, 5, 6, dtype=dtype), torch.randn(4, 5, dtype=dtype)
+    for counts in (torch.tensor([10, 10, 10, 10]), torch.tensor([37, 1, 1, 1]), torch.tensor([0, 0, 40, 0])):
+        rows = pad_rows_per_group(counts, 40)
+        want = _select("grouped_gemm", GROUPED_GEMM_BACKENDS, (x, w, b), "auto",
+                       {"requested": "auto", "pad_rows": rows, "max_pad_rows": max_pad_rows})
+        assert select_grouped_gemm_backend(x, w, b, counts=counts, max_pad_rows=max_pad_rows) is want

@@ -174,14 +174,15 @@ class HybridMoE(nn.Module):
 
         Grouped GEMM (``padded=False``): ``w12`` ``(E, 2·hid, d)``, ``b12`` ``(E, 2·hid)``,
         ``w3`` ``(E, d, hid)``. Padded batch (the ``bmm`` right operands): ``w12`` as
-        ``(E, d, 2·hid)``, ``b12``, and ``w3`` as ``(E, hid, d)``.
+        ``(E, d, 2·hid)``, ``b12``, and ``[w3^T; b3]`` ``(E, hid + 1, d)``.
 
         Without autograd (inference, the no-grad click simulation) the result is cached, contiguous,
         and rebuilt only when a parameter changes (its storage or in-place version counter:
         optimiser steps, ``load_state_dict``, ``.to()``); the cache holds the source storages so
         they cannot be recycled under it.
         """
-        ps = (self.select_ffn_w1, self.select_ffn_w2, self.select_ffn_b1, self.select_ffn_b2, self.select_ffn_w3)
+        ps = (self.select_ffn_w1, self.select_ffn_w2, self.select_ffn_b1, self.select_ffn_b2,
+              self.select_ffn_w3, self.select_ffn_b3)
         grad = torch.is_grad_enabled()
         if not grad:
             key = (padded, torch.is_inference_mode_enabled()) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in ps)
@@ -192,18 +193,21 @@ class HybridMoE(nn.Module):
         w12, b12 = torch.cat(ps[:2], dim=1), torch.cat(ps[2:4], dim=1)  # E x 2hid x d, E x 2hid
         w3 = ps[4]  # E x d x hid
         if padded:
-            w12, w3 = w12.transpose(1, 2), w3.transpose(1, 2)  # E x d x 2hid, E x hid x d
+            w12 = w12.transpose(1, 2)  # E x d x 2hid
+            w3 = torch.cat([w3.transpose(1, 2), ps[5].unsqueeze(1)], dim=1)  # E x (hid+1) x d
         out = (w12, b12, w3)
         if not grad:
             out = tuple(t.contiguous() for t in out)
             scratch["weights"] = (key, [p.data for p in ps], out)
         return out
 
-    def _experts_padded(self, x, a, rank, counts, w12t, b12, w3t) -> torch.Tensor:
+    def _experts_padded(self, x, a, rank, counts, w12t, b12, w3b) -> torch.Tensor:
         """Eq. 19-20 in a padded expert batch: the ``j``-th token of expert ``e`` at row ``e · L + j``.
 
         ``rank`` ``(M,)`` is every token's position inside its expert's group (from ``π``). The
         padding rows are zeros; their outputs are never gathered back, so they get zero gradient.
+        ``b3`` rides along as an extra input column of ones (``[h, 1] @ [w3^T; b3]``): broadcasting
+        it over the ``(E, L, d)`` output in ``baddbmm`` costs more than the whole second matmul.
         """
         E, d = self.num_experts, self.embed_dim
         L = int(counts.max())  # L_max
@@ -211,7 +215,8 @@ class HybridMoE(nn.Module):
         xp = x.new_zeros(E * L, d).index_copy_(0, slot, x).view(E, L, d)  # E x L x d, Eq. 20
         h1, h2 = torch.baddbmm(b12.unsqueeze(1), xp, w12t).chunk(2, dim=-1)  # E x L x hid each
         hidden = self.select_ln(F.silu(h1) * h2)  # E x L x hid
-        y = torch.baddbmm(self.select_ffn_b3.unsqueeze(1), hidden, w3t)  # E x L x d
+        hidden = torch.cat([hidden, hidden.new_ones(E, L, 1)], dim=-1)  # E x L x (hid+1)
+        y = torch.bmm(hidden, w3b)  # E x L x d
         return y.view(E * L, d).index_select(0, slot)  # M x d, token order
 
     def experts_vanilla(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

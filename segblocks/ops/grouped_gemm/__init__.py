@@ -78,6 +78,8 @@ GROUPED_GEMM_BACKENDS: tuple[Backend, ...] = (
     Backend(name="loop", loader=grouped_gemm_loop),
 )
 
+_BY_NAME = {b.name: b for b in GROUPED_GEMM_BACKENDS}
+
 
 def _validate(x, offsets, weight, bias) -> None:
     op = "grouped_gemm"
@@ -133,6 +135,11 @@ def select_grouped_gemm_backend(
     """
     tensors = (x, weight) if bias is None else (x, weight, bias)
     rows = pad_rows_per_group(counts, x.shape[0]) if counts is not None and counts.device.type == "cpu" else None
+    if backend == "auto" and rows is not None and all(t.device.type == "cpu" and t.is_floating_point() for t in tensors):
+        # The dispatcher's answer, without building every refusal (tens of µs against a
+        # sub-millisecond HMoE call): on CPU auto never runs Triton (its interpreter is for tests),
+        # and bmm / loop take every floating dtype with gradients, so only the padding decides.
+        return _BY_NAME["bmm" if rows <= max_pad_rows else "loop"]
     return _select("grouped_gemm", GROUPED_GEMM_BACKENDS, tensors, backend,
                    {"requested": backend, "pad_rows": rows, "max_pad_rows": max_pad_rows})
 
