@@ -55,11 +55,6 @@ class _Scratch(dict):
         return (_Scratch, ())
 
 
-def _inverse_permutation(order: torch.Tensor) -> torch.Tensor:
-    """``inv`` with ``inv[order[i]] = i`` (``(M,)`` int64)."""
-    return torch.empty_like(order).index_copy_(0, order, torch.arange(order.numel(), device=order.device))
-
-
 class HybridMoE(nn.Module):
     """HMoE (Eq. 15-20) with sorted grouped execution and aux-loss-free balancing.
 
@@ -158,9 +153,11 @@ class HybridMoE(nn.Module):
                                               max_pad_rows=PADDED_FFN_MAX_PAD_ROWS)
         padded = chosen.name == "bmm"
         w12, b12, w3 = self._expert_weights(padded)
-        rank = _inverse_permutation(order)  # M: sorted position of every token (π^-1)
+        tokens = torch.arange(x.shape[0], device=a.device)  # M
+        rank = torch.empty_like(order).index_copy_(0, order, tokens)  # M: sorted position of every token (π^-1)
         if padded:
-            return self._experts_padded(x, a, rank - (counts.cumsum(0) - counts).index_select(0, a), counts, w12, b12, w3)
+            within = rank - (counts.cumsum(0) - counts).index_select(0, a)  # M: position inside its expert's group
+            return self._experts_padded(x, a, within, tokens, counts, w12, b12, w3)
         offsets = F.pad(counts.cumsum(0), (1, 0))  # E+1, group e = sorted rows offsets[e]:offsets[e+1]
         gemm = chosen.load()
         xs = x.index_select(0, order)  # M x d, grouped (Eq. 20)
@@ -185,7 +182,9 @@ class HybridMoE(nn.Module):
               self.select_ffn_w3, self.select_ffn_b3)
         grad = torch.is_grad_enabled()
         if not grad:
-            key = (padded, torch.is_inference_mode_enabled()) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in ps)
+            # storage address + version identify the values: the cache holds the storages, so an
+            # address cannot be reused by another tensor (a dtype/device change is a new storage)
+            key = (padded, torch.is_inference_mode_enabled()) + tuple((p.data_ptr(), p._version) for p in ps)
             scratch = self.__dict__.setdefault("_scratch", _Scratch())
             cache = scratch.get("weights")
             if cache is not None and cache[0] == key:
@@ -201,20 +200,23 @@ class HybridMoE(nn.Module):
             scratch["weights"] = (key, [p.data for p in ps], out)
         return out
 
-    def _experts_padded(self, x, a, rank, counts, w12t, b12, w3b) -> torch.Tensor:
+    def _experts_padded(self, x, a, within, tokens, counts, w12t, b12, w3b) -> torch.Tensor:
         """Eq. 19-20 in a padded expert batch: the ``j``-th token of expert ``e`` at row ``e · L + j``.
 
-        ``rank`` ``(M,)`` is every token's position inside its expert's group (from ``π``). The
-        padding rows are zeros; their outputs are never gathered back, so they get zero gradient.
+        ``within`` ``(M,)`` is every token's position inside its expert's group (from ``π``),
+        ``tokens`` ``arange(M)``. The batch is one gather of ``x``; a padding row re-reads token 0
+        (nothing is zero-filled) and its output is never gathered back, so it gets zero gradient.
         ``b3`` rides along as an extra input column of ones (``[h, 1] @ [w3^T; b3]``): broadcasting
         it over the ``(E, L, d)`` output in ``baddbmm`` costs more than the whole second matmul.
         """
         E, d = self.num_experts, self.embed_dim
         L = int(counts.max())  # L_max
-        slot = a * L + rank  # M: padded row of every token
-        xp = x.new_zeros(E * L, d).index_copy_(0, slot, x).view(E, L, d)  # E x L x d, Eq. 20
+        slot = a * L + within  # M: padded row of every token
+        src = torch.zeros(E * L, dtype=torch.long, device=a.device).index_copy_(0, slot, tokens)  # E*L: token per row
+        xp = x.index_select(0, src).view(E, L, d)  # E x L x d, Eq. 20
         h1, h2 = torch.baddbmm(b12.unsqueeze(1), xp, w12t).chunk(2, dim=-1)  # E x L x hid each
-        hidden = self.select_ln(F.silu(h1) * h2)  # E x L x hid
+        ln = self.select_ln
+        hidden = F.layer_norm(F.silu(h1) * h2, ln.normalized_shape, ln.weight, ln.bias, ln.eps)  # E x L x hid
         hidden = torch.cat([hidden, hidden.new_ones(E, L, 1)], dim=-1)  # E x L x (hid+1)
         y = torch.bmm(hidden, w3b)  # E x L x d
         return y.view(E * L, d).index_select(0, slot)  # M x d, token order
