@@ -48,8 +48,10 @@ __all__ = ["main"]
 
 RATIOS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 #: HMoE (c) edge-token counts: the GrabCut objects at 1024² select 79-425 of the 4096 tokens
-#: (median 211; Eq. 4 on the ground-truth masks), so 256 is typical and 1024 a large object's worst case.
+#: (median 212; Eq. 4 on the ground-truth masks, printed by ``--grabcut``), so 256 is typical and
+#: 1024 (a quarter of all tokens) a worst case.
 MOE_TOKENS = (256, 1024)
+GRABCUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "GrabCut"
 S = 1024
 FIGURE = Path(__file__).resolve().parent / "figures" / "inter2former_fig3.png"
 time_ms = _time_ms  # rebound in main() with the chosen clock
@@ -96,6 +98,27 @@ def fig3(device, iters):
         print(f"{r:6.2f} {res['dpe'][i]:8.2f} {res['nondpe'][i]:8.2f} {res['dpe'][i] / res['nondpe'][i]:6.2f} | "
               f"{res['dha'][i]:8.2f} | {res['dlu'][i]:8.2f} {res['nondlu'][i]:8.2f} {res['dlu'][i] / res['nondlu'][i]:6.2f}")
     return res
+
+
+def grabcut_edge_tokens(root) -> list[int]:
+    """Edge tokens (Eq. 4) of every GrabCut object at 1024² with its ground truth as the previous
+    mask (long side resized to 1024, nearest, zero padding): the token counts HMoE routes."""
+    from segblocks.data.interactive.benchmarks import BenchmarkDataset
+    from segblocks.interactive.ref_label import RefLabel
+
+    counts = []
+    for sample in BenchmarkDataset(root=root, layout="grabcut"):
+        mask = sample["mask"][None, None].float()  # 1 x 1 x h x w
+        h, w = mask.shape[-2:]
+        size = (round(h * S / max(h, w)), round(w * S / max(h, w)))
+        obj = F.interpolate(mask, size=size, mode="nearest")[0, 0] > 0.5  # h' x w'
+        ref = torch.full((1, S, S), int(RefLabel.POSSIBLE_BG), dtype=torch.uint8)
+        ref[0, :size[0], :size[1]][obj] = int(RefLabel.POSSIBLE_FG)
+        counts.append(int(select_edge_tokens(ref, (S // 16, S // 16)).lengths[0]))
+    counts.sort()
+    print(f"== GrabCut edge tokens at {S}² ({len(counts)} objects, Eq. 4): min {counts[0]}  "
+          f"median {counts[len(counts) // 2]}  max {counts[-1]} of {(S // 16) ** 2}")
+    return counts
 
 
 def hmoe(device, iters, tokens=MOE_TOKENS):
@@ -233,6 +256,8 @@ def main(argv=None) -> None:
     p.add_argument("--clock", default="auto", choices=("auto", "cpu", "wall"),
                    help="auto: thread CPU time on a 1-thread CPU run, wall-clock otherwise")
     p.add_argument("--skip", nargs="*", default=(), choices=("fig3", "hmoe", "bsqa", "online"))
+    p.add_argument("--grabcut", default=str(GRABCUT) if GRABCUT.is_dir() else "",
+                   help="GrabCut folder: print its objects' edge-token counts beside (c) ('' = skip)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     clock = args.clock
@@ -244,6 +269,8 @@ def main(argv=None) -> None:
     print(f"device={device} threads={torch.get_num_threads()} cores={os.cpu_count()} clock={clock} "
           f"load average (1/5/15 min) {load} | torch {torch.__version__}")
     res = fig3(device, args.iters) if "fig3" not in args.skip else None
+    if args.grabcut and "hmoe" not in args.skip:
+        grabcut_edge_tokens(args.grabcut)
     moe = hmoe(device, args.iters) if "hmoe" not in args.skip else None
     if "bsqa" not in args.skip:
         bsqa(device, args.iters)

@@ -341,6 +341,48 @@ def test_hmoe_inference_weight_cache_follows_parameter_updates():
     assert m._scratch and not copy.deepcopy(m)._scratch  # the cache is never copied or pickled
 
 
+def test_hmoe_inference_buffers_are_reused_without_corrupting_results(monkeypatch):
+    # No-grad calls write the padded intermediates into reused per-thread buffers: calls of growing
+    # and shrinking size, inference mode and several threads must each still match the per-expert
+    # loop, and an earlier call's output must not change when a later call reuses the buffers.
+    import threading
+
+    from segblocks.blocks.inter2former import hmoe
+
+    monkeypatch.setattr(hmoe, "REUSE_MIN_ELEMENTS", 0)  # reuse at these small sizes too
+    torch.manual_seed(3)
+    m = HybridMoE(embed_dim=8, hidden_dim=32, num_experts=16).eval()
+    sizes = (40, 300, 7, 120)
+    xs = [torch.randn(n, 8) for n in sizes]
+    as_ = [torch.randperm(n) % 16 for n in sizes]
+    with torch.no_grad():
+        outs = [m.experts(x, a) for x, a in zip(xs, as_)]
+        for out, x, a in zip(outs, xs, as_):
+            torch.testing.assert_close(out, m.experts_vanilla(x, a))
+    with torch.inference_mode():
+        torch.testing.assert_close(m.experts(xs[1], as_[1]), m.experts_vanilla(xs[1], as_[1]))
+    with torch.no_grad():  # buffers made in inference mode are not reused outside it
+        torch.testing.assert_close(m.experts(xs[1], as_[1]), outs[1])
+    errors = []
+
+    def worker(i):
+        with torch.no_grad():
+            for _ in range(20):
+                if not torch.allclose(m.experts(xs[i], as_[i]), outs[i]):
+                    errors.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(sizes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sum(isinstance(k, tuple) and k[0] == "buffer" for k in m._scratch) >= 3  # per mode and per thread
+    x = xs[0].clone().requires_grad_()
+    m.experts(x, as_[0]).sum().backward()  # autograd: fresh tensors, gradients flow
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 def test_hmoe_balancing_moves_bias_and_freezes():
     torch.manual_seed(0)
     m = HybridMoE(embed_dim=8, hidden_dim=8, num_experts=2, bias_lr=0.5, max_update_steps=2)
