@@ -13,7 +13,8 @@ All with the paper's 256-d decoder sizes at a 1024² input (64 x 64 tokens), unt
 * **online per-click latency**: Inter2Former's decoder (DPE, 2 x DHA/HMoE, DLU, M_ref update) vs
   SAM ViT-B's prompt encoder + mask decoder (paper Table 1: 50 vs 40 ms, about 1.25x).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_inter2former.py      # writes benchmarks/figures/inter2former_fig3.png
+    python benchmarks/bench_inter2former.py      # all cores; writes benchmarks/figures/inter2former_fig3.png
+    OMP_NUM_THREADS=1 python benchmarks/bench_inter2former.py --skip fig3 bsqa online   # (c) on one thread
     python benchmarks/bench_inter2former.py --device cuda --iters 20 --plot fig3_cuda.png
 
 ``--clock cpu`` (the default for a single-threaded CPU run) times the calling thread's CPU time
