@@ -1,12 +1,11 @@
 """segblocks.export: the per-click SAM decoder through torch.export and ONNX (onnxruntime) equals PyTorch."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from torch import nn
 
+from _onnx import needs_onnx  # tests/_onnx.py
 from segblocks.export import (
     DECODER_INPUTS,
     ONNX_TOLERANCE,
@@ -20,8 +19,6 @@ from segblocks.export import (
 from segblocks.models import create_model
 from segblocks.models.sam.sam import SamState
 
-HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
-needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx / onnxscript / onnxruntime not installed (pip install 'segblocks[export]')")
 
 
 @pytest.fixture(scope="module")

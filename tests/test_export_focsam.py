@@ -6,12 +6,11 @@ numbers of dynamic windows (the data-dependent size of the graph).
 """
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from torch import nn
 
+from _onnx import needs_onnx  # tests/_onnx.py
 from segblocks.blocks.focsam import RefineBlock
 from segblocks.models import create_model
 from segblocks.models.focsam.export import (
@@ -25,8 +24,6 @@ from segblocks.models.focsam.export import (
 )
 from segblocks.models.sam.sam import SamState
 
-HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
-needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx / onnxscript / onnxruntime not installed (pip install 'segblocks[export]')")
 
 # focsam_tiny: 256 px input, 16 x 16 embeddings (stride 16), refiner windows of 4 x 4 cells (64 px).
 TINY = [24, 20, 40, 36]  # inside one embedding cell's neighbourhood: one plain window

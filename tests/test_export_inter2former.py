@@ -2,11 +2,10 @@
 and the torch.export program and the ONNX file (onnxruntime) equal the eager sparse decode."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
+from _onnx import needs_onnx  # tests/_onnx.py
 from segblocks.blocks.inter2former import (
     BSQAttention,
     DynamicHybridAttention,
@@ -26,8 +25,6 @@ from segblocks.models import create_model
 from segblocks.models.inter2former.export import Inter2FormerOnnxDecoder
 
 F64 = torch.float64
-HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
-needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx / onnxscript / onnxruntime not installed (pip install 'segblocks[export]')")
 
 
 # ----------------------------------------------------------------------------- helpers
