@@ -122,7 +122,8 @@ class FlexibleLocalAttention(nn.Module):
             x 0.5).
         qkv_bias: bias of the ``qkv`` projection.
         backend: ``varlen_attention`` backend (``"auto"``, ``"xformers"``, ``"triton"``,
-            ``"flex"``, ``"padded"``, ``"sdpa"``, ``"reference"``); may be changed on the instance.
+            ``"flex"``, ``"grouped"``, ``"padded"``, ``"sdpa"``, ``"reference"``); may be changed on
+            the instance.
 
     Forward:
         x: ``(B, N, C)`` tokens, per sample the scales one after the other, each row-major.
