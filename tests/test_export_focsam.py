@@ -142,41 +142,43 @@ def test_refine_block_export_path_equals_normal_path():
         program.module()(x, q, empty)  # exported: the runtime check of torch._check(M >= 1)
 
 
-def _onnx_roundtrip(module, path, model, with_decoder):
-    import onnxruntime
-
+def _onnx_export(module, path):
+    """Write ``module`` to ``path`` with the dynamo exporter; returns its torch.export program."""
     program = torch.onnx.export(
         module, _cases(module)[0], dynamo=True, dynamic_shapes=module.dynamic_shapes(),
         input_names=list(module.input_names), output_names=list(module.output_names), verbose=False,
     )
-    for inputs in _cases(module):  # the torch.export program the ONNX file was made from
-        with torch.no_grad():
-            (got,) = program.exported_program.module()(*inputs)
-        torch.testing.assert_close(got, _eager_refine(model, inputs, with_decoder), atol=1e-5, rtol=1e-5)
     program.save(str(path))
-    _check_session(path, module, model, with_decoder)
+    return program.exported_program
 
 
-def _check_session(path, module, model, with_decoder):
-    """The ONNX file at ``path`` in onnxruntime equals eager FocSAM on every case."""
+def _onnx_outputs(path, module):
+    """onnxruntime's output of the ONNX file at ``path`` on every case, with the session's input names."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == list(module.input_names)
-    atol, rtol = REFINER_TOLERANCE
-    for inputs in _cases(module):
-        (got,) = session.run(list(REFINER_OUTPUTS), {n: t.numpy() for n, t in zip(module.input_names, inputs)})
-        torch.testing.assert_close(torch.from_numpy(got), _eager_refine(model, inputs, with_decoder), atol=atol, rtol=rtol)
+    outs = [torch.from_numpy(session.run(list(REFINER_OUTPUTS), {n: t.numpy() for n, t in zip(module.input_names, inputs)})[0])
+            for inputs in _cases(module)]
+    return [i.name for i in session.get_inputs()], outs
 
 
 @pytest.mark.slow
 @needs_onnx
 def test_onnx_refiner_matches_eager_in_onnxruntime(model, tmp_path):
     """Refiner alone: batches with different boxes, a one-window box, the whole image, an empty mask."""
-    _onnx_roundtrip(refiner_for_export(model, with_decoder=False), tmp_path / "refiner.onnx", model, False)
+    module = refiner_for_export(model, with_decoder=False)
+    program = _onnx_export(module, tmp_path / "refiner.onnx")
+    names, outs = _onnx_outputs(tmp_path / "refiner.onnx", module)
+    assert names == list(module.input_names)
+    atol, rtol = REFINER_TOLERANCE
+    for inputs, got in zip(_cases(module), outs):
+        want = _eager_refine(model, inputs, False)
+        with torch.no_grad():  # the torch.export program the ONNX file was made from
+            torch.testing.assert_close(program.module()(*inputs)[0], want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
 
 
 @pytest.mark.slow
@@ -192,7 +194,12 @@ def test_onnx_refine_step_matches_focsam_refine_in_onnxruntime(model, tmp_path):
     ckpt, out = tmp_path / "focsam.pth", tmp_path / "refine_step.onnx"
     torch.save(model.state_dict(), ckpt)
     assert main(["--model", "focsam_tiny", "--part", "refiner", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
-    _check_session(out, refiner_for_export(model), model, True)
+    module = refiner_for_export(model)
+    names, outs = _onnx_outputs(out, module)
+    assert names == list(module.input_names)
+    atol, rtol = REFINER_TOLERANCE
+    for inputs, got in zip(_cases(module), outs):
+        torch.testing.assert_close(got, _eager_refine(model, inputs, True), atol=atol, rtol=rtol)
 
 
 def test_refiner_for_export_errors(model):
