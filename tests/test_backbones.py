@@ -65,7 +65,8 @@ def test_small_backbones_shapes_and_batch_independence(make, channels, size):
 
 def test_resnet50_shapes():
     with torch.no_grad():
-        check_contract(ResNet50().eval(), torch.randn(2, 3, 100, 75), (256, 512, 1024, 2048))
+        out = check_contract(ResNet50().eval(), torch.randn(2, 3, 100, 75), (256, 512, 1024, 2048))
+    assert out["res5"].shape == (2, 2048, 4, 3)  # 100 x 75 at stride 32, rounded up
 
 
 def test_swin_tiny_shapes_and_preset():

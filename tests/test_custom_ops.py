@@ -166,7 +166,8 @@ def test_values_and_gradients_match_oracle(name):
 def test_opcheck(name):
     op, args, _, positions = OPS[name]()
     args = _with_grad(args, positions)
-    torch.library.opcheck(op, args)
+    results = torch.library.opcheck(op, args)  # raises on the first failing check
+    assert results and set(results.values()) == {"SUCCESS"}, results
 
 
 @pytest.mark.parametrize("name", list(OPS))
