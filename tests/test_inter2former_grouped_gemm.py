@@ -100,15 +100,14 @@ def test_triton_grouped_gemm_under_interpreter():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("max_pad_rows", [0, 8, 30])
-def test_cpu_auto_shortcut_equals_the_dispatcher(dtype, grad, max_pad_rows):
-    # select_grouped_gemm_backend answers CPU + auto without the generic dispatcher: same answer.
-    from segblocks.ops._dispatch import _select
-    from segblocks.ops.grouped_gemm import GROUPED_GEMM_BACKENDS, pad_rows_per_group, select_grouped_gemm_backend
+def test_cpu_auto_choice_follows_the_padding(dtype, grad, max_pad_rows):
+    # On CPU, auto picks the padded batch while it adds at most max_pad_rows rows per group
+    # (L_max - M / E, counted here by hand), whatever the dtype or autograd state.
+    from segblocks.ops.grouped_gemm import select_grouped_gemm_backend
 
     x = torch.randn(40, 6, dtype=dtype, requires_grad=grad)
     w, b = torch.randn(4, 5, 6, dtype=dtype), torch.randn(4, 5, dtype=dtype)
-    for counts in (torch.tensor([10, 10, 10, 10]), torch.tensor([37, 1, 1, 1]), torch.tensor([0, 0, 40, 0])):
-        rows = pad_rows_per_group(counts, 40)
-        want = _select("grouped_gemm", GROUPED_GEMM_BACKENDS, (x, w, b), "auto",
-                       {"requested": "auto", "pad_rows": rows, "max_pad_rows": max_pad_rows})
-        assert select_grouped_gemm_backend(x, w, b, counts=counts, max_pad_rows=max_pad_rows) is want
+    for counts, padding in ((torch.tensor([10, 10, 10, 10]), 0), (torch.tensor([37, 1, 1, 1]), 27),
+                            (torch.tensor([0, 0, 40, 0]), 30)):
+        want = "bmm" if padding <= max_pad_rows else "loop"
+        assert select_grouped_gemm_backend(x, w, b, counts=counts, max_pad_rows=max_pad_rows).name == want

@@ -121,8 +121,7 @@ class Backend:
             if t.device.type not in self.devices:
                 reasons.append(f"device={t.device.type} (supported: {sorted(self.devices)})")
                 break
-        float_dtypes = {t.dtype for t in tensors if t.is_floating_point()}
-        bad = float_dtypes - set(self.dtypes)
+        bad = {t.dtype for t in tensors if t.dtype not in self.dtypes and t.is_floating_point()}
         if bad:
             reasons.append(f"dtype={sorted(map(str, bad))} (supported: {sorted(map(str, self.dtypes))})")
         if not self.supports_grad and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -141,9 +140,9 @@ class Backend:
 
 
 def _select(op: str, backends: Iterable[Backend], tensors: Sequence[torch.Tensor], backend: str, kwargs: dict) -> Backend:
-    backends = list(backends)
-    names = [b.name for b in backends]
-    if backend != "auto" and backend not in names:
+    backends = tuple(backends)
+    if backend != "auto" and all(b.name != backend for b in backends):
+        names = [b.name for b in backends]
         raise ValueError(f"{op}: unknown backend {backend!r}; expected 'auto' or one of {names}")
     refusals = []
     for b in backends:

@@ -156,15 +156,16 @@ class HybridMoE(nn.Module):
             return x.new_zeros(0, d)
         order = torch.argsort(a)  # π, Eq. 19 (any order inside a group)
         counts = torch.bincount(a, minlength=E)  # E
-        chosen = select_grouped_gemm_backend(x, self.select_ffn_w1, self.select_ffn_b1, counts=counts, backend=self.backend,
-                                              max_pad_rows=PADDED_FFN_MAX_PAD_ROWS)
+        L = int(counts.max()) if x.device.type == "cpu" else None  # L_max, read once on CPU
+        chosen = select_grouped_gemm_backend(x, self.select_ffn_w1, self.select_ffn_b1, counts=counts, max_count=L,
+                                              backend=self.backend, max_pad_rows=PADDED_FFN_MAX_PAD_ROWS)
         padded = chosen.name == "bmm"
         w12, b12, w3 = self._expert_weights(padded)
         tokens = torch.arange(x.shape[0], device=a.device)  # M
         rank = torch.empty_like(order).index_copy_(0, order, tokens)  # M: sorted position of every token (π^-1)
         if padded:
             within = rank - (counts.cumsum(0) - counts).index_select(0, a)  # M: position inside its expert's group
-            return self._experts_padded(x, a, within, tokens, counts, w12, b12, w3)
+            return self._experts_padded(x, a, within, tokens, int(counts.max()) if L is None else L, w12, b12, w3)
         offsets = F.pad(counts.cumsum(0), (1, 0))  # E+1, group e = sorted rows offsets[e]:offsets[e+1]
         gemm = chosen.load()
         xs = x.index_select(0, order)  # M x d, grouped (Eq. 20)
@@ -208,11 +209,11 @@ class HybridMoE(nn.Module):
             scratch["weights"] = (key, [p.data for p in ps], out)
         return out
 
-    def _experts_padded(self, x, a, within, tokens, counts, w12t, b12, w3b) -> torch.Tensor:
+    def _experts_padded(self, x, a, within, tokens, L, w12t, b12, w3b) -> torch.Tensor:
         """Eq. 19-20 in a padded expert batch: the ``j``-th token of expert ``e`` at row ``e · L + j``.
 
         ``within`` ``(M,)`` is every token's position inside its expert's group (from ``π``),
-        ``tokens`` ``arange(M)``. The batch is one gather of ``x``; a padding row re-reads token 0
+        ``tokens`` ``arange(M)``, ``L`` the largest group ``L_max``. The batch is one gather of ``x``; a padding row re-reads token 0
         (nothing is zero-filled) and its output is never gathered back, so it gets zero gradient.
         ``b3`` rides along as an extra input column of ones (``[h, 1] @ [w3^T; b3]``): broadcasting
         it over the ``(E, L, d)`` output in ``baddbmm`` costs more than the whole second matmul.
@@ -220,7 +221,6 @@ class HybridMoE(nn.Module):
         """
         E, d = self.num_experts, self.embed_dim
         hid = self.expert_dim
-        L = int(counts.max())  # L_max
         shapes = ((E * L, d), (E, L, 2 * hid), (E, L, hid + 1), (E, L, d))  # xp, h, hidden, y
         outs = self._inference_buffers(x, shapes)
         slot = a * L + within  # M: padded row of every token
@@ -246,14 +246,15 @@ class HybridMoE(nn.Module):
         if torch.is_grad_enabled():
             return [None] * len(shapes)
         sizes = [math.prod(s) for s in shapes]
-        if sum(sizes) < REUSE_MIN_ELEMENTS:
+        total = sum(sizes)
+        if total < REUSE_MIN_ELEMENTS:
             return [None] * len(shapes)
         key = ("buffer", threading.get_ident(), torch.is_inference_mode_enabled(), like.device, like.dtype)
         scratch = self.__dict__.setdefault("_scratch", _Scratch())
         buf = scratch.get(key)
-        if buf is None or buf.numel() < sum(sizes):
-            buf = scratch[key] = like.new_empty(sum(sizes))
-        return [t.view(s) for t, s in zip(buf[:sum(sizes)].split(sizes), shapes)]
+        if buf is None or buf.numel() < total:
+            buf = scratch[key] = like.new_empty(total)
+        return [t.view(s) for t, s in zip(buf[:total].split(sizes), shapes)]
 
     def experts_vanilla(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """The unsorted baseline: a Python loop over the used experts with boolean masks (the

@@ -78,8 +78,6 @@ GROUPED_GEMM_BACKENDS: tuple[Backend, ...] = (
     Backend(name="loop", loader=grouped_gemm_loop),
 )
 
-_BY_NAME = {b.name: b for b in GROUPED_GEMM_BACKENDS}
-
 
 def _validate(x, offsets, weight, bias) -> None:
     op = "grouped_gemm"
@@ -109,12 +107,15 @@ def explain_grouped_gemm(x, offsets, weight, bias=None, *, backend: str = "auto"
                    max_pad_rows=max_pad_rows)
 
 
-def pad_rows_per_group(counts: torch.Tensor, rows: int) -> float:
+def pad_rows_per_group(counts: torch.Tensor, rows: int, max_count: int | None = None) -> float:
     """Padding rows a ``(E, L_max)`` batch adds per group, ``L_max - M / E``.
 
-    ``counts``: ``(E,)`` rows per group (its maximum is read on the host); ``rows``: ``M``.
+    ``counts``: ``(E,)`` rows per group; ``rows``: ``M``; ``max_count``: ``L_max`` when the
+    caller has already read it (else ``counts.max()`` is read on the host).
     """
-    return int(counts.max()) - rows / counts.numel() if counts.numel() else 0.0
+    if not counts.numel():
+        return 0.0
+    return (int(counts.max()) if max_count is None else max_count) - rows / counts.numel()
 
 
 def select_grouped_gemm_backend(
@@ -123,6 +124,7 @@ def select_grouped_gemm_backend(
     bias: torch.Tensor | None = None,
     *,
     counts: torch.Tensor | None = None,
+    max_count: int | None = None,
     backend: str = "auto",
     max_pad_rows: float = MAX_PAD_ROWS,
 ) -> Backend:
@@ -131,15 +133,11 @@ def select_grouped_gemm_backend(
     For callers that keep a whole multi-layer computation in one layout (HMoE's padded expert
     FFN) instead of calling :func:`grouped_gemm` per layer. ``counts`` ``(E,)`` (rows per group)
     lets the CPU choice weigh the padding against ``max_pad_rows`` (:data:`MAX_PAD_ROWS`); it is
-    read on CPU only.
+    read on CPU only (``max_count``: its maximum, if the caller needs it anyway).
     """
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    rows = pad_rows_per_group(counts, x.shape[0]) if counts is not None and counts.device.type == "cpu" else None
-    if backend == "auto" and rows is not None and all(t.device.type == "cpu" and t.is_floating_point() for t in tensors):
-        # The dispatcher's answer, without building every refusal (tens of µs against a
-        # sub-millisecond HMoE call): on CPU auto never runs Triton (its interpreter is for tests),
-        # and bmm / loop take every floating dtype with gradients, so only the padding decides.
-        return _BY_NAME["bmm" if rows <= max_pad_rows else "loop"]
+    on_cpu = counts is not None and counts.device.type == "cpu"
+    rows = pad_rows_per_group(counts, x.shape[0], max_count) if on_cpu else None
     return _select("grouped_gemm", GROUPED_GEMM_BACKENDS, tensors, backend,
                    {"requested": backend, "pad_rows": rows, "max_pad_rows": max_pad_rows})
 
