@@ -111,3 +111,42 @@ def test_cpu_auto_choice_follows_the_padding(dtype, grad, max_pad_rows):
                             (torch.tensor([0, 0, 40, 0]), 30)):
         want = "bmm" if padding <= max_pad_rows else "loop"
         assert select_grouped_gemm_backend(x, w, b, counts=counts, max_pad_rows=max_pad_rows).name == want
+        # the caller's L_max gives the same choice without reading counts
+        assert select_grouped_gemm_backend(x, w, b, max_count=int(counts.max()), max_pad_rows=max_pad_rows).name == want
+
+
+def test_remembered_choice_equals_a_fresh_choice(monkeypatch):
+    # select_grouped_gemm_backend remembers its choice per key; over every input its backend
+    # checks read (dtype, autograd, TRITON_INTERPRET, padding, requested backend), in an order
+    # that revisits each key after the others, it answers what a fresh dispatch answers (or
+    # raises the same refusal).
+    from segblocks.ops import _dispatch
+    from segblocks.ops.grouped_gemm import GROUPED_GEMM_BACKENDS, select_grouped_gemm_backend
+
+    def fresh(x, w, b, L, backend):
+        rows = L - x.shape[0] / w.shape[0]
+        return _dispatch._select("grouped_gemm", GROUPED_GEMM_BACKENDS, (x, w, b), backend,
+                                 {"requested": backend, "pad_rows": rows, "max_pad_rows": 8})
+
+    def answer(fn, *args):
+        try:
+            return fn(*args).name
+        except _dispatch.BackendUnavailable as err:
+            return str(err)
+
+    monkeypatch.setattr(_dispatch, "_CHOICES", {})
+    cases = [(dtype, grad, interpret, L, backend)
+             for dtype in (torch.float32, torch.float64, torch.bfloat16) for grad in (False, True)
+             for interpret in ("1", None) for L in (10, 40) for backend in ("auto", "triton", "bmm", "loop")]
+    seen = set()
+    for dtype, grad, interpret, L, backend in cases + cases[::-1]:
+        if interpret is None:
+            monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        else:
+            monkeypatch.setenv("TRITON_INTERPRET", interpret)
+        x = torch.randn(40, 6, dtype=dtype, requires_grad=grad)
+        w, b = torch.randn(4, 5, 6, dtype=dtype), torch.randn(4, 5, dtype=dtype)
+        got = answer(lambda: select_grouped_gemm_backend(x, w, b, max_count=L, backend=backend))
+        assert got == answer(fresh, x, w, b, L, backend), (dtype, grad, interpret, L, backend)
+        seen.add(got)
+    assert {"bmm", "loop", "triton"} <= seen  # every backend chosen somewhere in the grid

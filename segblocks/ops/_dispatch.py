@@ -57,13 +57,13 @@ def triton_usable(device: torch.device) -> list[str]:
     Triton runs on CUDA devices, and on CPU tensors only under ``TRITON_INTERPRET=1``
     (the interpreter used by the test-suite).
     """
-    reasons = []
-    if not module_available("triton"):
-        reasons.append("triton is not installed")
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        reasons.append("device=cpu needs TRITON_INTERPRET=1 (Triton compiles for CUDA only)")
-    elif device.type not in ("cpu", "cuda"):
-        reasons.append(f"device={device.type} (supported: cuda, or cpu with TRITON_INTERPRET=1)")
+    reasons = [] if module_available("triton") else ["triton is not installed"]
+    kind = device.type
+    if kind == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            reasons.append("device=cpu needs TRITON_INTERPRET=1 (Triton compiles for CUDA only)")
+    elif kind != "cuda":
+        reasons.append(f"device={kind} (supported: cuda, or cpu with TRITON_INTERPRET=1)")
     return reasons
 
 
@@ -79,9 +79,10 @@ def triton_check(first: torch.Tensor, *tensors: torch.Tensor, requested: str = "
     interpreter (it is for testing: only used when asked for with ``backend="triton"``).
     Op-specific limits (head-dim caps) stay in the op's own check, which calls this first.
     """
-    reasons = triton_usable(first.device)
-    if first.device.type == "cpu":
-        bad = sorted({str(t.dtype) for t in (first, *tensors) if t.is_floating_point() and t.dtype not in _INTERPRETER_DTYPES})
+    device = first.device
+    reasons = triton_usable(device)
+    if device.type == "cpu":
+        bad = sorted({str(t.dtype) for t in (first, *tensors) if t.dtype not in _INTERPRETER_DTYPES and t.is_floating_point()})
         if bad:
             reasons.append(f"dtype={bad} is not run by the Triton interpreter on cpu (fp32/fp16 only)")
         if requested == "auto" and not reasons:
@@ -116,11 +117,10 @@ class Backend:
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def not_supported_reasons(self, tensors: Sequence[torch.Tensor], **kwargs: Any) -> list[str]:
-        reasons = [f"{m} is not installed" for m in self.requires if not module_available(m)]
-        for t in tensors:
-            if t.device.type not in self.devices:
-                reasons.append(f"device={t.device.type} (supported: {sorted(self.devices)})")
-                break
+        reasons = [f"{m} is not installed" for m in self.requires if not module_available(m)] if self.requires else []
+        bad_devices = {t.device.type for t in tensors} - self.devices
+        if bad_devices:
+            reasons.append(f"device={', '.join(sorted(bad_devices))} (supported: {sorted(self.devices)})")
         bad = {t.dtype for t in tensors if t.dtype not in self.dtypes and t.is_floating_point()}
         if bad:
             reasons.append(f"dtype={sorted(map(str, bad))} (supported: {sorted(map(str, self.dtypes))})")
@@ -139,12 +139,30 @@ class Backend:
         return self._cache["fn"]
 
 
-def _select(op: str, backends: Iterable[Backend], tensors: Sequence[torch.Tensor], backend: str, kwargs: dict) -> Backend:
+#: Choices remembered by :func:`_select` for callers that pass a ``memo_key``; refusals are never
+#: remembered (the error is rebuilt with its reasons every time).
+_CHOICES: dict[tuple, Backend] = {}
+
+
+def _select(op: str, backends: Iterable[Backend], tensors: Sequence[torch.Tensor], backend: str, kwargs: dict,
+            memo_key: tuple | None = None) -> Backend:
+    """First backend (in order, or the named one) with no refusal reason; raises with every reason.
+
+    ``memo_key``: for ops called in tight loops (sub-millisecond HMoE calls, where the checks cost
+    as much as a small kernel), a tuple of everything the op's backend checks read from
+    ``tensors``, ``kwargs`` and the process (device, dtypes, autograd, environment): the choice is
+    then computed once per key. The op vouches for the key (and tests it against fresh choices).
+    """
+    if memo_key is not None:
+        memo_key = (op, backend, *memo_key)
+        chosen = _CHOICES.get(memo_key)
+        if chosen is not None:
+            return chosen
     backends = tuple(backends)
     if backend != "auto" and all(b.name != backend for b in backends):
         names = [b.name for b in backends]
         raise ValueError(f"{op}: unknown backend {backend!r}; expected 'auto' or one of {names}")
-    refusals = []
+    refusals = []  # (name, reasons): the message is only built when no backend can run
     for b in backends:
         if backend != "auto" and b.name != backend:
             continue
@@ -152,9 +170,12 @@ def _select(op: str, backends: Iterable[Backend], tensors: Sequence[torch.Tensor
             continue
         reasons = b.not_supported_reasons(tensors, **kwargs)
         if not reasons:
+            if memo_key is not None:
+                _CHOICES[memo_key] = b
             return b
-        refusals.append(f"`{b.name}` is not supported because: " + "; ".join(reasons))
-    raise BackendUnavailable(f"No backend found for `{op}` with backend={backend!r}:\n  " + "\n  ".join(refusals))
+        refusals.append((b.name, reasons))
+    lines = [f"`{name}` is not supported because: " + "; ".join(reasons) for name, reasons in refusals]
+    raise BackendUnavailable(f"No backend found for `{op}` with backend={backend!r}:\n  " + "\n  ".join(lines))
 
 
 def explain(op: str, backends: Iterable[Backend], tensors: Sequence[torch.Tensor], **kwargs: Any) -> dict[str, list[str]]:

@@ -137,49 +137,50 @@ class HybridMoE(nn.Module):
     def experts(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Routed experts on ``x`` ``(M, d)`` with ids ``a`` ``(M,)``, sorted grouped execution (Eq. 19-20).
 
-        One ``argsort`` of the ids (``π``, Eq. 19) makes every expert a contiguous group; ``w1``
-        and ``w2`` are stacked so one grouped GEMM computes both SwiGLU branches; the shared
+        One sort of the ids (``π``, Eq. 19) makes every expert a contiguous group, and a
+        ``searchsorted`` of the sorted ids into themselves gives every sorted row its group's first
+        row, hence its position inside the group and ``L_max`` (no per-expert counting pass);
+        ``w1`` and ``w2`` are stacked so one grouped GEMM computes both SwiGLU branches; the shared
         sub-LayerNorm runs once on all rows. The grouped-GEMM backend
         (:func:`~segblocks.ops.grouped_gemm.select_grouped_gemm_backend`; ``backend=`` picks one
         by name) decides the layout:
 
         * ``bmm`` (CPU unless the padding is too costly): the whole FFN stays in the padded
-          ``(E, L_max, ·)`` batch — one scatter in, two batched matmuls, one gather out
+          ``(E, L_max, ·)`` batch — one gather in, two batched matmuls, one gather out
           (:meth:`_experts_padded`);
-        * ``loop`` (CPU, padding wasting more than a per-expert call costs, see
-          :data:`~segblocks.ops.grouped_gemm.PAD_FLOPS_PER_GROUP`): ``torch.split`` + one ``addmm``
-          per expert, no padding;
+        * ``loop`` (CPU, padding more than ``PADDED_FFN_MAX_PAD_ROWS`` rows per expert):
+          ``torch.split`` + one ``addmm`` per expert, no padding;
         * ``triton`` (CUDA): the grouped-GEMM kernel per layer on the sorted rows.
         """
         E, d = self.num_experts, self.embed_dim
-        if x.shape[0] == 0:
+        M = x.shape[0]
+        if M == 0:
             return x.new_zeros(0, d)
-        order = torch.argsort(a)  # π, Eq. 19 (any order inside a group)
-        counts = torch.bincount(a, minlength=E)  # E
-        L = int(counts.max()) if x.device.type == "cpu" else None  # L_max, read once on CPU
-        chosen = select_grouped_gemm_backend(x, self.select_ffn_w1, self.select_ffn_b1, counts=counts, max_count=L,
+        sorted_a, order = torch.sort(a)  # M each: π, Eq. 19 (any order inside a group)
+        within = torch.arange(M, device=a.device) - torch.searchsorted(sorted_a, sorted_a)  # M: place in its group
+        L = int(within.max()) + 1 if x.device.type == "cpu" else None  # L_max, read once on CPU
+        chosen = select_grouped_gemm_backend(x, self.select_ffn_w1, self.select_ffn_b1, max_count=L,
                                               backend=self.backend, max_pad_rows=PADDED_FFN_MAX_PAD_ROWS)
         padded = chosen.name == "bmm"
-        w12, b12, w3 = self._expert_weights(padded)
-        tokens = torch.arange(x.shape[0], device=a.device)  # M
-        rank = torch.empty_like(order).index_copy_(0, order, tokens)  # M: sorted position of every token (π^-1)
+        w12, b12, w3, b3 = self._expert_weights(padded)
         if padded:
-            within = rank - (counts.cumsum(0) - counts).index_select(0, a)  # M: position inside its expert's group
-            return self._experts_padded(x, a, within, tokens, int(counts.max()) if L is None else L, w12, b12, w3)
-        offsets = F.pad(counts.cumsum(0), (1, 0))  # E+1, group e = sorted rows offsets[e]:offsets[e+1]
+            L = int(within.max()) + 1 if L is None else L
+            return self._experts_padded(x, order, torch.add(within, sorted_a, alpha=L), L, w12, b12, w3, b3)
+        offsets = torch.searchsorted(sorted_a, torch.arange(E + 1, device=a.device))  # E+1: group e = rows offsets[e]:offsets[e+1]
         gemm = chosen.load()
         xs = x.index_select(0, order)  # M x d, grouped (Eq. 20)
         h1, h2 = gemm(xs, offsets, w12, b12).chunk(2, dim=-1)  # M x hid each
         hidden = self.select_ln(F.silu(h1) * h2)  # M x hid
-        ys = gemm(hidden, offsets, w3, self.select_ffn_b3)  # M x d
-        return ys.index_select(0, rank)  # π^-1: back to token order
+        ys = gemm(hidden, offsets, w3, b3)  # M x d
+        return torch.zeros_like(ys).index_copy(0, order, ys)  # π^-1: back to token order
 
-    def _expert_weights(self, padded: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _expert_weights(self, padded: bool) -> tuple[torch.Tensor, ...]:
         """The expert weights in the layout of the chosen path, ``w1`` and ``w2`` stacked.
 
         Grouped GEMM (``padded=False``): ``w12`` ``(E, 2·hid, d)``, ``b12`` ``(E, 2·hid)``,
-        ``w3`` ``(E, d, hid)``. Padded batch (the ``bmm`` right operands): ``w12`` as
-        ``(E, d, 2·hid)``, ``b12``, and ``[w3^T; b3]`` ``(E, hid + 1, d)``.
+        ``w3`` ``(E, d, hid)``, ``b3`` ``(E, d)``. Padded batch (the ``baddbmm`` operands):
+        ``w12`` as ``(E, d, 2·hid)``, ``b12`` as ``(E, 1, 2·hid)``, ``w3`` as ``(E, hid, d)``,
+        ``b3`` as ``(E, 1, d)``.
 
         Without autograd (inference, the no-grad click simulation) the result is cached, contiguous,
         and rebuilt only when a parameter changes (its storage or in-place version counter:
@@ -199,38 +200,36 @@ class HybridMoE(nn.Module):
             if cache is not None and cache[0] == key:
                 return cache[2]
         w12, b12 = torch.cat(ps[:2], dim=1), torch.cat(ps[2:4], dim=1)  # E x 2hid x d, E x 2hid
-        w3 = ps[4]  # E x d x hid
+        w3, b3 = ps[4], ps[5]  # E x d x hid, E x d
         if padded:
-            w12 = w12.transpose(1, 2)  # E x d x 2hid
-            w3 = torch.cat([w3.transpose(1, 2), ps[5].unsqueeze(1)], dim=1)  # E x (hid+1) x d
-        out = (w12, b12, w3)
+            w12, b12 = w12.transpose(1, 2), b12.unsqueeze(1)  # E x d x 2hid, E x 1 x 2hid
+            w3, b3 = w3.transpose(1, 2), b3.unsqueeze(1)  # E x hid x d, E x 1 x d
+        out = (w12, b12, w3, b3)
         if not grad:
             out = tuple(t.contiguous() for t in out)
             scratch["weights"] = (key, [p.data for p in ps], out)
         return out
 
-    def _experts_padded(self, x, a, within, tokens, L, w12t, b12, w3b) -> torch.Tensor:
-        """Eq. 19-20 in a padded expert batch: the ``j``-th token of expert ``e`` at row ``e · L + j``.
+    def _experts_padded(self, x, order, slot, L, w12t, b12, w3t, b3) -> torch.Tensor:
+        """Eq. 19-20 in a padded expert batch: the ``j``-th row of expert ``e``'s group at row ``e · L + j``.
 
-        ``within`` ``(M,)`` is every token's position inside its expert's group (from ``π``),
-        ``tokens`` ``arange(M)``, ``L`` the largest group ``L_max``. The batch is one gather of ``x``; a padding row re-reads token 0
-        (nothing is zero-filled) and its output is never gathered back, so it gets zero gradient.
-        ``b3`` rides along as an extra input column of ones (``[h, 1] @ [w3^T; b3]``): broadcasting
-        it over the ``(E, L, d)`` output in ``baddbmm`` costs more than the whole second matmul.
+        ``order`` ``(M,)`` is ``π`` (token of every sorted row), ``slot`` ``(M,)`` the padded row of
+        every sorted row, ``L`` the largest group ``L_max``. The batch is one gather of ``x``; a
+        padding row re-reads token 0 (nothing is zero-filled) and its output is never gathered
+        back, so it gets zero gradient. SiLU runs on both branches of the first matmul's output
+        (contiguous: SiLU on the strided half alone takes the slow non-vectorised loop).
         Without autograd the large intermediates go to reused buffers (:meth:`_inference_buffers`).
         """
         E, d = self.num_experts, self.embed_dim
         hid = self.expert_dim
-        shapes = ((E * L, d), (E, L, 2 * hid), (E, L, hid + 1), (E, L, d))  # xp, h, hidden, y
-        outs = self._inference_buffers(x, shapes)
-        slot = a * L + within  # M: padded row of every token
-        src = torch.zeros(E * L, dtype=torch.long, device=a.device).index_copy_(0, slot, tokens)  # E*L: token per row
+        outs = self._inference_buffers(x, ((E * L, d), (E, L, 2 * hid), (E, L, d)))  # xp, h, y
+        src = torch.zeros(E * L, dtype=torch.long, device=order.device).index_copy_(0, slot, order)  # E*L: token per row
+        slot = torch.empty_like(order).index_copy_(0, order, slot)  # M: padded row of every token (π^-1)
         xp = torch.index_select(x, 0, src, out=outs[0]).view(E, L, d)  # E x L x d, Eq. 20
-        h1, h2 = torch.baddbmm(b12.unsqueeze(1), xp, w12t, out=outs[1]).chunk(2, dim=-1)  # E x L x hid each
+        h = torch.baddbmm(b12, xp, w12t, out=outs[1])  # E x L x 2hid: [w1 x | w2 x]
         ln = self.select_ln
-        hidden = F.layer_norm(F.silu(h1) * h2, ln.normalized_shape, ln.weight, ln.bias, ln.eps)  # E x L x hid
-        hidden = torch.cat([hidden, hidden.new_ones(E, L, 1)], dim=-1, out=outs[2])  # E x L x (hid+1)
-        y = torch.bmm(hidden, w3b, out=outs[3])  # E x L x d
+        hidden = F.layer_norm(F.silu(h)[..., :hid] * h[..., hid:], ln.normalized_shape, ln.weight, ln.bias, ln.eps)  # E x L x hid
+        y = torch.baddbmm(b3, hidden, w3t, out=outs[2])  # E x L x d
         return y.view(E * L, d).index_select(0, slot)  # M x d, token order
 
     def _inference_buffers(self, like: torch.Tensor, shapes) -> list:

@@ -30,11 +30,13 @@ callers (HMoE) which path auto takes.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from segblocks.ops._checks import check_same, check_tensor
-from segblocks.ops._dispatch import Backend, _select, explain, triton_check
+from segblocks.ops._dispatch import Backend, _select, explain, module_available, triton_check
 from segblocks.ops.grouped_gemm.naive import group_rows, grouped_gemm_bmm, grouped_gemm_loop, padded_layout
 
 __all__ = [
@@ -107,15 +109,14 @@ def explain_grouped_gemm(x, offsets, weight, bias=None, *, backend: str = "auto"
                    max_pad_rows=max_pad_rows)
 
 
-def pad_rows_per_group(counts: torch.Tensor, rows: int, max_count: int | None = None) -> float:
+def pad_rows_per_group(counts: torch.Tensor, rows: int) -> float:
     """Padding rows a ``(E, L_max)`` batch adds per group, ``L_max - M / E``.
 
-    ``counts``: ``(E,)`` rows per group; ``rows``: ``M``; ``max_count``: ``L_max`` when the
-    caller has already read it (else ``counts.max()`` is read on the host).
+    ``counts``: ``(E,)`` rows per group (read on the host); ``rows``: ``M``.
     """
     if not counts.numel():
         return 0.0
-    return (int(counts.max()) if max_count is None else max_count) - rows / counts.numel()
+    return int(counts.max()) - rows / counts.numel()
 
 
 def select_grouped_gemm_backend(
@@ -131,15 +132,33 @@ def select_grouped_gemm_backend(
     """The backend :func:`grouped_gemm` runs for these inputs (raises with every refusal if none).
 
     For callers that keep a whole multi-layer computation in one layout (HMoE's padded expert
-    FFN) instead of calling :func:`grouped_gemm` per layer. ``counts`` ``(E,)`` (rows per group)
-    lets the CPU choice weigh the padding against ``max_pad_rows`` (:data:`MAX_PAD_ROWS`); it is
-    read on CPU only (``max_count``: its maximum, if the caller needs it anyway).
+    FFN) instead of calling :func:`grouped_gemm` per layer. The CPU choice weighs the padding
+    (:func:`pad_rows_per_group`) against ``max_pad_rows`` (:data:`MAX_PAD_ROWS`); it needs the
+    largest group, given as ``max_count`` (``L_max``, when the caller has read it anyway) or
+    read here from ``counts`` ``(E,)`` (rows per group) when they are on the CPU. With neither,
+    the padding is not weighed (GPU callers that avoid a host sync).
+
+    The choice is remembered per :func:`_choice_key` (HMoE asks on every sub-millisecond call).
     """
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    on_cpu = counts is not None and counts.device.type == "cpu"
-    rows = pad_rows_per_group(counts, x.shape[0], max_count) if on_cpu else None
+    if max_count is not None:
+        rows = max_count - x.shape[0] / weight.shape[0] if weight.shape[0] else 0.0
+    elif counts is not None and counts.device.type == "cpu":
+        rows = pad_rows_per_group(counts, x.shape[0])
+    else:
+        rows = None
     return _select("grouped_gemm", GROUPED_GEMM_BACKENDS, tensors, backend,
-                   {"requested": backend, "pad_rows": rows, "max_pad_rows": max_pad_rows})
+                   {"requested": backend, "pad_rows": rows, "max_pad_rows": max_pad_rows},
+                   memo_key=_choice_key(tensors, rows is not None and rows > max_pad_rows))
+
+
+def _choice_key(tensors, too_much_padding: bool) -> tuple:
+    """Everything the checks of :data:`GROUPED_GEMM_BACKENDS` read: device, dtypes, whether a
+    backward is needed, Triton's availability (installed, ``TRITON_INTERPRET``) and whether the
+    padding exceeds ``max_pad_rows`` (``_bmm_check``)."""
+    return (tensors[0].device.type, *(t.dtype for t in tensors),
+            torch.is_grad_enabled() and any(t.requires_grad for t in tensors),
+            module_available("triton"), os.environ.get("TRITON_INTERPRET"), too_much_padding)
 
 
 def grouped_gemm(
