@@ -46,9 +46,10 @@ __all__ = ["HybridMoE"]
 PADDED_FFN_MAX_PAD_ROWS = 32
 
 #: No-grad calls whose padded intermediates hold at least this many elements (2 MiB in fp32)
-#: write them into a reused buffer (:meth:`HybridMoE._inference_buffers`); measured on one and two
-#: threads: reuse wins at 1024 edge tokens (1.0-1.2 M elements at 4-64 experts, up to 3x) and
-#: loses 5-10 % at 256 (0.24-0.31 M).
+#: write them into a reused buffer (:meth:`HybridMoE._inference_buffers`); measured on two threads:
+#: reuse halves the call where the allocator faults fresh multi-MB temporaries back in (4 experts,
+#: 1024 edge tokens: 0.84 M elements) and ties elsewhere (16-64 experts, 256-2048 tokens); smaller
+#: calls allocate cheaply.
 REUSE_MIN_ELEMENTS = 1 << 19
 
 
@@ -238,7 +239,8 @@ class HybridMoE(nn.Module):
         Fresh multi-megabyte temporaries on every call are returned to the OS and faulted back in
         by the allocator (measured: 2-3x the whole call at 1024 edge tokens); inference and the
         no-grad click simulation reuse one buffer per thread, dtype and device instead (it grows to
-        the largest call and is never saved with the module). All None (fresh tensors) under
+        the largest call and is never saved with the module); the views of the last shapes are
+        kept too, since cutting them costs as much as a small kernel. All None (fresh tensors) under
         autograd, whose saved tensors must stay untouched, and below :data:`REUSE_MIN_ELEMENTS`,
         where the bookkeeping costs more than the allocations.
         """
@@ -250,10 +252,13 @@ class HybridMoE(nn.Module):
             return [None] * len(shapes)
         key = ("buffer", threading.get_ident(), torch.is_inference_mode_enabled(), like.device, like.dtype)
         scratch = self.__dict__.setdefault("_scratch", _Scratch())
-        buf = scratch.get(key)
-        if buf is None or buf.numel() < total:
-            buf = scratch[key] = like.new_empty(total)
-        return [t.view(s) for t, s in zip(buf[:total].split(sizes), shapes)]
+        entry = scratch.get(key)  # (buffer, shapes, views)
+        if entry is not None and entry[1] == shapes:
+            return entry[2]
+        buf = entry[0] if entry is not None and entry[0].numel() >= total else like.new_empty(total)
+        views = [t.view(s) for t, s in zip(buf[:total].split(sizes), shapes)]
+        scratch[key] = (buf, shapes, views)
+        return views
 
     def experts_vanilla(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """The unsorted baseline: a Python loop over the used experts with boolean masks (the
