@@ -242,7 +242,7 @@ class HybridMoE(nn.Module):
         the largest call and is never saved with the module); the views of the last shapes are
         kept too, since cutting them costs as much as a small kernel. All None (fresh tensors) under
         autograd, whose saved tensors must stay untouched, and below :data:`REUSE_MIN_ELEMENTS`,
-        where the bookkeeping costs more than the allocations.
+        where fresh allocations are cheap.
         """
         if torch.is_grad_enabled():
             return [None] * len(shapes)
