@@ -65,7 +65,7 @@ EXPECTED_BREAKS = {
     "select_edge_tokens": 2,  # ragged selection: nonzero of the edge mask (data-dependent count, Eq. 4-5)
     "BSQAttention": 2,  # exact inference form: dynamic-shape per-sample gather of the code table
     "DynamicHybridAttention": 0,
-    "HybridMoE": 3,  # top-1 routing: expert offsets read on host (.item) + dynamic-shape expert slices
+    "HybridMoE": 3,  # top-1 routing: largest group L_max read on host (.item) + dynamic-shape padded batch
     "grouped_gemm": 10,  # offsets tensor read on host: CPU validation, padding choice, split sizes
     "DynamicLocalUpsampling": 1,  # box of logits > -2 (Eq. 22): a data-dependent crop
     "CannyNet": 0,

@@ -117,15 +117,16 @@ def test_cpu_auto_choice_follows_the_padding(dtype, grad, max_pad_rows):
 
 def test_remembered_choice_equals_a_fresh_choice(monkeypatch):
     # select_grouped_gemm_backend remembers its choice per key; over every input its backend
-    # checks read (dtype, autograd, TRITON_INTERPRET, padding, requested backend), in an order
-    # that revisits each key after the others, it answers what a fresh dispatch answers (or
-    # raises the same refusal).
+    # checks read (input and weight dtypes, bias or none, autograd, triton installed,
+    # TRITON_INTERPRET, padding, requested backend), in an order that revisits each key after the
+    # others, it answers what a fresh dispatch answers (or raises the same refusal).
     from segblocks.ops import _dispatch
     from segblocks.ops.grouped_gemm import GROUPED_GEMM_BACKENDS, select_grouped_gemm_backend
 
     def fresh(x, w, b, L, backend):
         rows = L - x.shape[0] / w.shape[0]
-        return _dispatch._select("grouped_gemm", GROUPED_GEMM_BACKENDS, (x, w, b), backend,
+        tensors = (x, w) if b is None else (x, w, b)
+        return _dispatch._select("grouped_gemm", GROUPED_GEMM_BACKENDS, tensors, backend,
                                  {"requested": backend, "pad_rows": rows, "max_pad_rows": 8})
 
     def answer(fn, *args):
@@ -134,19 +135,23 @@ def test_remembered_choice_equals_a_fresh_choice(monkeypatch):
         except _dispatch.BackendUnavailable as err:
             return str(err)
 
+    installed = _dispatch.module_available("triton")
     monkeypatch.setattr(_dispatch, "_CHOICES", {})
-    cases = [(dtype, grad, interpret, L, backend)
-             for dtype in (torch.float32, torch.float64, torch.bfloat16) for grad in (False, True)
+    f32, f64, bf16 = torch.float32, torch.float64, torch.bfloat16
+    cases = [(xd, wd, bias, grad, triton, interpret, L, backend)
+             for xd, wd in ((f32, f32), (f64, f64), (bf16, bf16), (f32, bf16), (f32, f64))
+             for bias in (True, False) for grad in (False, True) for triton in (installed, False)
              for interpret in ("1", None) for L in (10, 40) for backend in ("auto", "triton", "bmm", "loop")]
     seen = set()
-    for dtype, grad, interpret, L, backend in cases + cases[::-1]:
+    for xd, wd, bias, grad, triton, interpret, L, backend in cases + cases[::-1]:
         if interpret is None:
             monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         else:
             monkeypatch.setenv("TRITON_INTERPRET", interpret)
-        x = torch.randn(40, 6, dtype=dtype, requires_grad=grad)
-        w, b = torch.randn(4, 5, 6, dtype=dtype), torch.randn(4, 5, dtype=dtype)
+        monkeypatch.setattr(_dispatch, "module_available", lambda name, t=triton: t if name == "triton" else True)
+        x = torch.randn(40, 6, dtype=xd, requires_grad=grad)
+        w, b = torch.randn(4, 5, 6, dtype=wd), torch.randn(4, 5, dtype=wd) if bias else None
         got = answer(lambda: select_grouped_gemm_backend(x, w, b, max_count=L, backend=backend))
-        assert got == answer(fresh, x, w, b, L, backend), (dtype, grad, interpret, L, backend)
+        assert got == answer(fresh, x, w, b, L, backend), (xd, wd, bias, grad, triton, interpret, L, backend)
         seen.add(got)
     assert {"bmm", "loop", "triton"} <= seen  # every backend chosen somewhere in the grid

@@ -7,9 +7,12 @@ declares what it supports (devices, dtypes, gradients, an importable module) and
 the caller names, and otherwise raises one error that lists why every backend refused.
 
 Optional modules (triton, xformers, mamba_ssm) are only imported when a backend is actually
-loaded, so ``import segblocks`` never imports them. The only process-wide state is the cached
-answer of :func:`module_available` (installed packages do not change while a process runs): the
-choice itself is made per call from the inputs (and the ``backend=`` argument the caller passes).
+loaded, so ``import segblocks`` never imports them. Process-wide state: the cached answer of
+:func:`module_available` (installed packages do not change while a process runs) and, for ops
+that opt in with a ``memo_key`` (the grouped GEMM, asked on every sub-millisecond HMoE call),
+the remembered choice per key (``_CHOICES``: a pure function of the key, which holds everything
+their checks read). Every other choice is made per call from the inputs (and the ``backend=``
+argument the caller passes).
 """
 from __future__ import annotations
 

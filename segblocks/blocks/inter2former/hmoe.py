@@ -3,7 +3,7 @@
 Every token goes through the shared expert ``FFN_M`` (Eq. 15); edge tokens are also routed top-1
 among ``M`` experts by sigmoid affinity (Eq. 16-17) and mix the two outputs with softmax weights
 of the affinities (Eq. 18). Routed tokens are executed sorted by expert (Eq. 19-20):
-``π = argsort(a)``, contiguous groups, one grouped GEMM per linear layer
+``π`` sorts the expert ids ``a``, contiguous groups, one grouped GEMM per linear layer
 (:mod:`segblocks.ops.grouped_gemm`: per-expert ``addmm`` or one padded batched matmul on CPU,
 a Triton kernel on GPU), then the inverse permutation.
 
@@ -173,7 +173,7 @@ class HybridMoE(nn.Module):
         h1, h2 = gemm(xs, offsets, w12, b12).chunk(2, dim=-1)  # M x hid each
         hidden = self.select_ln(F.silu(h1) * h2)  # M x hid
         ys = gemm(hidden, offsets, w3, b3)  # M x d
-        return torch.zeros_like(ys).index_copy(0, order, ys)  # π^-1: back to token order
+        return torch.empty_like(ys).index_copy_(0, order, ys)  # π^-1: back to token order
 
     def _expert_weights(self, padded: bool) -> tuple[torch.Tensor, ...]:
         """The expert weights in the layout of the chosen path, ``w1`` and ``w2`` stacked.

@@ -35,8 +35,9 @@ import os
 import torch
 import torch.nn.functional as F
 
+from segblocks.ops import _dispatch
 from segblocks.ops._checks import check_same, check_tensor
-from segblocks.ops._dispatch import Backend, _select, explain, module_available, triton_check
+from segblocks.ops._dispatch import Backend, _select, explain, triton_check
 from segblocks.ops.grouped_gemm.naive import group_rows, grouped_gemm_bmm, grouped_gemm_loop, padded_layout
 
 __all__ = [
@@ -153,12 +154,12 @@ def select_grouped_gemm_backend(
 
 
 def _choice_key(tensors, too_much_padding: bool) -> tuple:
-    """Everything the checks of :data:`GROUPED_GEMM_BACKENDS` read: device, dtypes, whether a
+    """Everything the checks of :data:`GROUPED_GEMM_BACKENDS` read: devices, dtypes, whether a
     backward is needed, Triton's availability (installed, ``TRITON_INTERPRET``) and whether the
     padding exceeds ``max_pad_rows`` (``_bmm_check``)."""
-    return (tensors[0].device.type, *(t.dtype for t in tensors),
+    return (*(t.device.type for t in tensors), *(t.dtype for t in tensors),
             torch.is_grad_enabled() and any(t.requires_grad for t in tensors),
-            module_available("triton"), os.environ.get("TRITON_INTERPRET"), too_much_padding)
+            _dispatch.module_available("triton"), os.environ.get("TRITON_INTERPRET"), too_much_padding)
 
 
 def grouped_gemm(
