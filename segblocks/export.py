@@ -35,8 +35,14 @@ browser or a service after a server-side encoder, so this module exports it alon
   anchor scale: 1024² for ViT-B, 256² for the tiny preset). The ``M_ref`` updates around the
   graph stay with the caller (:mod:`segblocks.interactive.ref_label`).
 
+Every graph module (these two and FocSAM's :class:`~segblocks.models.focsam.export.FocusRefinerOnnx`)
+carries what :func:`export_program`, :func:`export_onnx`, :func:`check_onnx` and :func:`main` need:
+``input_names`` / ``output_names``, ``dynamic_shapes()``, ``example_inputs(batch=..., generator=...,
+...)``, the keyword sizes of the traced example (``export_case``) and of :func:`check_onnx`'s
+random inputs (``check_cases``), and a ``summary`` of its fixed sizes.
+
 Equality: onnxruntime's outputs match PyTorch's within ``atol = rtol = 1e-4`` in float32
-(:data:`ONNX_TOLERANCE`; about 1e-7 is observed for ``sam_tiny``, about 4e-6 on the logits of
+(:data:`ONNX_TOLERANCE`; about 1e-7 is observed for ``sam_tiny``, about 2e-6 on the logits of
 ``inter2former_tiny`` against its eager sparse decoder; the static-shape path of
 ``inter2former_vit_b`` at 1024² is within it too, 2e-4 absolute on logits up to 8), checked by :func:`check_onnx` on several
 batch sizes and click counts (Inter2Former: batch sizes 1, 2, 4, covering a small object, a large
@@ -98,6 +104,10 @@ class SamOnnxDecoder(nn.Module):
 
     input_names = DECODER_INPUTS
     output_names = DECODER_OUTPUTS
+    #: :func:`check_onnx`'s random inputs: batch sizes and click counts.
+    check_cases = ({"batch": 1, "clicks": 1}, {"batch": 2, "clicks": 3}, {"batch": 3, "clicks": 7})
+    #: sizes of the example the graph is traced with (not 1: a size-1 example specialises its dimension).
+    export_case = {"batch": 2, "clicks": 3}
 
     def __init__(self, *, prompt_encoder: nn.Module, mask_decoder: nn.Module, multimask_output: bool = False) -> None:
         super().__init__()
@@ -116,6 +126,33 @@ class SamOnnxDecoder(nn.Module):
     def embedding_shape(self) -> tuple[int, int, int]:
         """``(C, h, w)`` of the image embeddings the graph takes."""
         return (self.prompt_encoder.embed_dim, *self.prompt_encoder.image_embedding_size)
+
+    @property
+    def summary(self) -> str:
+        c, h, w = self.embedding_shape
+        return f"embeddings {c}x{h}x{w}"
+
+    def example_inputs(
+        self, *, batch: int = 1, clicks: int = 2, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Random inputs (float32), in :data:`DECODER_INPUTS` order.
+
+        Labels are 1 for the first click, then random in {1, 0, -1}; ``has_mask_input`` is 0 for
+        the first sample and 1 for the others, so both dense-prompt branches are exercised.
+        """
+        if batch < 1 or clicks < 1:
+            raise ValueError(f"example_inputs: batch and clicks must be >= 1; got {batch}, {clicks}")
+        c, h, w = self.embedding_shape
+        stride = self.prompt_encoder.stride
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        emb = torch.randn(batch, c, h, w, generator=g)
+        coords = torch.rand(batch, clicks, 2, generator=g) * torch.tensor([w * stride, h * stride])  # B x N x 2, (x, y)
+        labels = torch.randint(-1, 2, (batch, clicks), generator=g)
+        labels[:, 0] = 1
+        mask = torch.randn(batch, 1, 4 * h, 4 * w, generator=g)
+        has = torch.ones(batch)
+        has[0] = 0.0
+        return emb, coords, labels, mask, has
 
     def dynamic_shapes(self, max_batch: int = 1024, max_clicks: int = 1024) -> tuple[dict[int, Any], ...]:
         """``torch.export`` spec: dynamic batch and click count."""
@@ -193,37 +230,16 @@ def decoder_for_export(
     ).eval()
 
 
-def example_inputs(
-    decoder: nn.Module, *, batch: int = 1, clicks: int = 2, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, ...]:
-    """Random inputs of the decoder graph, in ``decoder.input_names`` order.
-
-    SAM (:data:`DECODER_INPUTS`, float32): labels are 1 for the first click, then random in
-    {1, 0, -1}; ``has_mask_input`` is 0 for the first sample and 1 for the others, so both
-    dense-prompt branches are exercised. Inter2Former: ``clicks`` is unused (the clicks are merged
-    into ``M_ref`` by the caller);
-    :meth:`~segblocks.models.inter2former.export.Inter2FormerOnnxDecoder.example_inputs`.
-    """
-    if not isinstance(decoder, SamOnnxDecoder):
-        return decoder.example_inputs(batch=batch, generator=generator)
-    if batch < 1 or clicks < 1:
-        raise ValueError(f"example_inputs: batch and clicks must be >= 1; got {batch}, {clicks}")
-    c, h, w = decoder.embedding_shape
-    stride = decoder.prompt_encoder.stride
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    emb = torch.randn(batch, c, h, w, generator=g)
-    coords = torch.rand(batch, clicks, 2, generator=g) * torch.tensor([w * stride, h * stride])  # B x N x 2, (x, y)
-    labels = torch.randint(-1, 2, (batch, clicks), generator=g)
-    labels[:, 0] = 1
-    mask = torch.randn(batch, 1, 4 * h, 4 * w, generator=g)
-    has = torch.ones(batch)
-    has[0] = 0.0
-    return emb, coords, labels, mask, has
+def example_inputs(decoder: nn.Module, *, generator: torch.Generator | None = None, **sizes: int) -> tuple[torch.Tensor, ...]:
+    """Random inputs of a graph module, in ``decoder.input_names`` order: its ``example_inputs``
+    with keyword ``sizes`` (SAM: ``batch``, ``clicks``; Inter2Former: ``batch``, the clicks being
+    merged into ``M_ref`` by the caller; FocSAM's refine step: ``batch``, ``clicks``, ``boxes``)."""
+    return decoder.example_inputs(generator=generator, **sizes)
 
 
 def export_program(decoder: nn.Module, example: Sequence[torch.Tensor] | None = None) -> torch.export.ExportedProgram:
     """``torch.export.export`` of the decoder with a dynamic batch (and click count for SAM); save it with ``torch.export.save``."""
-    example = tuple(example) if example is not None else example_inputs(decoder, batch=2, clicks=3)
+    example = tuple(example) if example is not None else decoder.example_inputs(**decoder.export_case)
     return torch.export.export(decoder.eval(), example, dynamic_shapes=decoder.dynamic_shapes())
 
 
@@ -246,7 +262,7 @@ def export_onnx(
             raise ImportError(f"ONNX export needs {module}: pip install 'segblocks[export]'") from err
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = tuple(example) if example is not None else example_inputs(decoder, batch=2, clicks=3)
+    example = tuple(example) if example is not None else decoder.example_inputs(**decoder.export_case)
     kwargs = {} if opset_version is None else {"opset_version": opset_version}
     program = torch.onnx.export(
         decoder.eval(), example, dynamo=True, dynamic_shapes=decoder.dynamic_shapes(),
@@ -279,33 +295,33 @@ def check_onnx(
     decoder: nn.Module,
     path: str | os.PathLike,
     *,
-    shapes: Sequence[tuple[int, int]] | None = None,
+    cases: Sequence[Mapping[str, int]] | None = None,
     tolerance: tuple[float, float] = ONNX_TOLERANCE,
 ) -> float:
-    """Compare onnxruntime with PyTorch on random inputs of each ``(batch, clicks)``; returns the max |Δ|.
+    """Compare onnxruntime with PyTorch on random inputs of each case; returns the max |Δ|.
 
-    ``shapes`` default: ``(1, 1), (2, 3), (3, 7)`` for SAM; batch sizes 1, 2, 4 for Inter2Former
-    (its four ``M_ref`` cases, :func:`example_inputs`).
+    ``cases``: keyword sizes of ``decoder.example_inputs`` (default ``decoder.check_cases``: SAM
+    batch sizes and click counts ``(1, 1), (2, 3), (3, 7)``; Inter2Former batch sizes 1, 2, 4,
+    covering its four ``M_ref`` cases).
 
     Raises:
         AssertionError: an output differs beyond ``tolerance`` ``(atol, rtol)``, naming it.
     """
     import numpy as np
 
-    if shapes is None:
-        shapes = ((1, 1), (2, 3), (3, 7)) if isinstance(decoder, SamOnnxDecoder) else ((1, 1), (2, 1), (4, 1))
     atol, rtol = tolerance
     worst = 0.0
-    for i, (batch, clicks) in enumerate(shapes):
-        inputs = example_inputs(decoder, batch=batch, clicks=clicks, generator=torch.Generator().manual_seed(100 + i))
+    for i, case in enumerate(decoder.check_cases if cases is None else cases):
+        inputs = decoder.example_inputs(generator=torch.Generator().manual_seed(100 + i), **case)
         with torch.no_grad():
             expected = [t.numpy() for t in decoder(*inputs)]
+        where = ", ".join(f"{k}={v}" for k, v in case.items())
         for name, got, ref in zip(decoder.output_names, run_onnx(path, inputs), expected):
             if got.shape != ref.shape:
-                raise AssertionError(f"{name}: onnxruntime shape {got.shape} != PyTorch {ref.shape} (B={batch}, N={clicks})")
+                raise AssertionError(f"{name}: onnxruntime shape {got.shape} != PyTorch {ref.shape} ({where})")
             diff = float(np.abs(got - ref).max()) if ref.size else 0.0
             if not np.allclose(got, ref, atol=atol, rtol=rtol):
-                raise AssertionError(f"{name}: onnxruntime differs from PyTorch by {diff:.3g} (B={batch}, N={clicks})")
+                raise AssertionError(f"{name}: onnxruntime differs from PyTorch by {diff:.3g} ({where})")
             worst = max(worst, diff)
     return worst
 
@@ -348,12 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.export.save(export_program(decoder), ns.program)
         print(f"torch.export program written to {ns.program}")
     path = export_onnx(decoder, ns.out, opset_version=ns.opset)
-    if isinstance(decoder, SamOnnxDecoder):
-        c, h, w = decoder.embedding_shape
-        sizes = f"embeddings {c}x{h}x{w}"
-    else:
-        sizes = "input " + "x".join(map(str, decoder.image_size))
-    print(f"ONNX {ns.part} written to {path}: inputs {', '.join(decoder.input_names)} ({sizes}), "
+    print(f"ONNX {ns.part} written to {path}: inputs {', '.join(decoder.input_names)} ({decoder.summary}), "
           f"outputs {', '.join(decoder.output_names)}")
     if not ns.no_check:
         diff = check_onnx(decoder, path)

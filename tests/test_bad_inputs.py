@@ -137,8 +137,6 @@ def qkv(n=5, dtype=F32):
 # message) for a refusal, or a callable checking the output of an empty input.
 
 
-
-
 CASES = [
     # ---- PRO-SCALE
     ("ProgressiveScaleEncoder", "shape", lambda: pse()(pse_feats(c=16)), (ValueError, r"features\[0\] must be \(B, C=32, H, W\)")),

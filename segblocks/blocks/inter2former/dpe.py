@@ -48,6 +48,9 @@ class PatchConv(nn.Module):
 
     Shapes:
         x: ``(B, in_chans, H, W)`` → ``(B, dims[-1], H / Π strides, W / Π strides)``.
+        boxes: optional ``(B, 4)`` ``(y0, x0, y1, x1)`` in pixels of ``x``, multiples of the total
+            stride: every stage input is zeroed outside its sample's box (scaled to that stage), the
+            whole-map equivalent of running on the crop with its zero padding.
     """
 
     def __init__(self, *, in_chans: int, dims: Sequence[int], strides: Sequence[int]) -> None:
@@ -65,9 +68,13 @@ class PatchConv(nn.Module):
         for s in strides:
             self.stride *= s
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        f = 1  # stride of the current stage input
         for conv in self.convs:
+            if boxes is not None:
+                x = x * box_mask(boxes // f, x.shape[-2], x.shape[-1])  # B x C x h x w, zero outside
             x = F.relu(conv(x))
+            f *= conv.stride[0]
         return x
 
 
@@ -156,10 +163,10 @@ class DynamicPromptEmbedding(nn.Module):
     def stride(self) -> int:
         return self.ref_conv.stride
 
-    def embed(self, labels: torch.Tensor) -> torch.Tensor:
-        """Eq. 1-2 on a label crop: ``(B, h, w)`` integer → ``(B, d, h / 16, w / 16)``."""
+    def embed(self, labels: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. 1-2 on a label crop: ``(B, h, w)`` integer → ``(B, d, h / 16, w / 16)`` (``boxes``: see :class:`PatchConv`)."""
         e = self.ref_embeds(labels.long()).permute(0, 3, 1, 2)  # B x 5 x h x w
-        return self.ref_conv(e)
+        return self.ref_conv(e, boxes)
 
     def background_embedding(self) -> torch.Tensor:
         """``e_bg`` ``(d,)``: centre token of a ``3s x 3s`` constant POSSIBLE_BG tile (module docstring)."""
@@ -196,11 +203,7 @@ class DynamicPromptEmbedding(nn.Module):
         if not self.local:
             return self._embed_whole(ref_label)
         boxes = prompt_boxes(ref_label, s, expand=self.box_expand)  # B x 4, multiples of s
-        x = self.ref_embeds(ref_label.long()).permute(0, 3, 1, 2)  # B x 5 x H x W, Eq. 1
-        f = 1  # stride of the current stage input
-        for conv in self.ref_conv.convs:  # Eq. 2, zero outside the box = the crop's zero padding
-            x = F.relu(conv(x * box_mask(boxes // f, H // f, W // f)))
-            f *= conv.stride[0]
+        x = self.embed(ref_label, boxes)  # B x d x h x w, Eq. 1-2, zero outside the box = the crop's zero padding
         inside = box_mask(boxes // s, H // s, W // s)  # B x 1 x h x w
         out = torch.where(inside, x, self.background_embedding().view(1, -1, 1, 1))  # B x d x h x w, Eq. 3
         return out, boxes

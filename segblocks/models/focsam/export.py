@@ -94,10 +94,15 @@ class FocusRefinerOnnx(nn.Module):
             :data:`REFINER_ONLY_INPUTS`; :data:`REFINER_OUTPUTS`).
 
     It follows the protocol of the graphs in :mod:`segblocks.export` (``input_names``,
-    ``output_names``, :meth:`dynamic_shapes`, :meth:`example_inputs`, ``image_size``, a tuple of
-    outputs in ``output_names`` order), so that module's ``export_program`` / ``export_onnx`` /
-    ``check_onnx`` take it as they take a decoder.
+    ``output_names``, :meth:`dynamic_shapes`, :meth:`example_inputs`, ``export_case``,
+    ``check_cases``, ``summary``, a tuple of outputs in ``output_names`` order), so that module's
+    ``export_program`` / ``export_onnx`` / ``check_onnx`` take it as they take a decoder.
     """
+
+    #: :func:`segblocks.export.check_onnx`'s random inputs (boxes differ per sample, see
+    #: :func:`refiner_example_inputs`) and the traced example.
+    check_cases = ({"batch": 1}, {"batch": 2}, {"batch": 4})
+    export_case = {"batch": 2}
 
     def __init__(self, *, model: FocSAM, with_decoder: bool = True) -> None:
         super().__init__()
@@ -123,6 +128,10 @@ class FocusRefinerOnnx(nn.Module):
     def embedding_shape(self) -> tuple[int, int, int]:
         """``(C, h, w)`` of the image embeddings the graph takes."""
         return (self.sam.prompt_encoder.embed_dim, *self.sam.prompt_encoder.image_embedding_size)
+
+    @property
+    def summary(self) -> str:
+        return "input " + "x".join(map(str, self.image_size))
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -66,6 +66,10 @@ class Inter2FormerOnnxDecoder(nn.Module):
     """
 
     output_names = ("logits", "coarse_logits")
+    #: :func:`segblocks.export.check_onnx`'s random inputs (the four ``M_ref`` cases of
+    #: :meth:`example_inputs` cycle over the batch) and the traced example.
+    check_cases = ({"batch": 1}, {"batch": 2}, {"batch": 4})
+    export_case = {"batch": 2}
 
     def __init__(self, *, neck: Inter2FormerNeck, decode_head: DynamicLocalUpsampling, image_size: tuple[int, int]) -> None:
         super().__init__()
@@ -98,6 +102,10 @@ class Inter2FormerOnnxDecoder(nn.Module):
     @property
     def input_names(self) -> tuple[str, ...]:
         return ("features", "ref_label") + tuple(f"edges_{j}" for j in range(len(self.decode_head.upsamplers)))
+
+    @property
+    def summary(self) -> str:
+        return "input " + "x".join(map(str, self.image_size))
 
     @property
     def grid(self) -> tuple[int, int]:
